@@ -1,0 +1,1 @@
+"""Sandbox backends: turn a ``SandboxSpec`` into a running, isolated process."""

@@ -1,0 +1,98 @@
+"""The interface every sandbox backend implements.
+
+A backend turns a ``SandboxSpec`` into a running ``SandboxProcess``: a process with
+byte streams for stdin, stdout and stderr, that can be stopped and waited for.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from mcp_sandbox_proxy.sandbox.spec import SandboxSpec
+
+# Bytes asked of the kernel per read: large enough for a typical message in one
+# read, small enough that a read does not allocate far more than it returns.
+READ_CHUNK_BYTES = 64 * 1024
+
+# How long a server may take to exit after its stdin closes, and after SIGTERM.
+STOP_GRACE_S = 2.0
+KILL_GRACE_S = 2.0
+
+
+@dataclass(frozen=True)
+class ResourceUsage:
+    """What a backend could measure of a finished or running sandbox."""
+
+    cpu_seconds: float | None = None
+    peak_memory_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class BackendCheck:
+    """One line of ``doctor``: what was checked, whether it holds, and detail."""
+
+    name: str
+    ok: bool
+    detail: str
+    required: bool = True
+
+
+class SandboxProcess(ABC):
+    """A running sandboxed server with its three byte streams."""
+
+    backend: str
+    sandbox_id: str
+
+    @abstractmethod
+    async def receive(self) -> bytes:
+        """The next chunk of the server's stdout; ``b""`` at end of stream."""
+
+    @abstractmethod
+    async def receive_stderr(self) -> bytes:
+        """The next chunk of the server's stderr; ``b""`` at end of stream."""
+
+    @abstractmethod
+    async def send(self, data: bytes) -> None:
+        """Write all of ``data`` to the server's stdin."""
+
+    @abstractmethod
+    async def close_stdin(self) -> None:
+        """Close the server's stdin, the polite request to exit."""
+
+    @abstractmethod
+    async def wait(self) -> int:
+        """Wait for the server to exit and return its exit status."""
+
+    @property
+    @abstractmethod
+    def returncode(self) -> int | None:
+        """The exit status, or ``None`` while the server runs."""
+
+    @abstractmethod
+    async def stop(self) -> int:
+        """Stop the server: close stdin, grace period, terminate, kill; bounded."""
+
+    def resource_usage(self) -> ResourceUsage:
+        """CPU time and peak memory where the backend can tell."""
+        return ResourceUsage()
+
+    def close(self) -> None:  # noqa: B027 - optional hook with a no-op default
+        """Release OS handles; call only once no task reads or writes any more."""
+
+
+class Backend(ABC):
+    """A way to run a ``SandboxSpec``."""
+
+    name: str
+
+    @abstractmethod
+    async def start(self, spec: SandboxSpec) -> SandboxProcess:
+        """Start the server described by ``spec``; raise ``SandboxError`` if not."""
+
+    def checks(self) -> list[BackendCheck]:
+        """What this host offers the backend, for ``doctor`` and fail-closed starts."""
+        return []
+
+    async def aclose(self) -> None:
+        """Release what the backend holds (engine connections, leftovers)."""

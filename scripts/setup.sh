@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs what the proxy and its test suite need on a Debian machine, idempotently:
+# system packages, the project's virtual environment, and the third-party MCP
+# servers that the tests run (each in a folder of its own, cached between runs).
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+venv=${MCP_SANDBOX_PROXY_VENV:-$repo/.venv}
+cache=${MCP_SANDBOX_PROXY_TEST_CACHE:-$HOME/.cache/mcp-sandbox-proxy-tests}
+apt_packages=(bubblewrap docker.io crun iproute2 git python3-venv nodejs npm)
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
+    || missing+=("$pkg")
+done
+# A machine may carry its own node and npm outside Debian's packages.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  missing=("${missing[@]/nodejs}"); missing=("${missing[@]/npm}")
+fi
+read -r -a missing <<<"${missing[*]:-}"
+if [ "${#missing[@]}" -gt 0 ]; then
+  say "installing system packages: ${missing[*]}"
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+  say "creating the virtual environment in $venv"
+  python3 -m venv "$venv"
+fi
+stamp="$venv/.installed-$(sha256sum "$repo/pyproject.toml" | cut -c1-16)"
+if [ ! -e "$stamp" ]; then
+  say "installing the project and its development tools"
+  "$venv/bin/pip" install -q --upgrade pip >/dev/null
+  "$venv/bin/pip" install -q -e "$repo[dev]"
+  touch "$stamp"
+fi
+
+# Third-party servers, each in its own environment as a user would have them.
+mkdir -p "$cache/venvs" "$cache/npm"
+for server in mcp-server-time mcp-server-git mcp-server-fetch; do
+  if [ ! -x "$cache/venvs/$server/bin/$server" ]; then
+    say "installing $server from PyPI"
+    python3 -m venv "$cache/venvs/$server"
+    "$cache/venvs/$server/bin/pip" install -q "$server"
+  fi
+done
+if [ ! -x "$cache/npm/node_modules/.bin/mcp-server-everything" ] \
+   || [ ! -x "$cache/npm/node_modules/.bin/mcp-server-filesystem" ]; then
+  say "installing the npm test servers"
+  (cd "$cache/npm" && npm init -y >/dev/null && npm install --no-audit --no-fund -s \
+    @modelcontextprotocol/server-everything @modelcontextprotocol/server-filesystem)
+fi
+say "ready: $venv, servers in $cache"
