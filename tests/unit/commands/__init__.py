@@ -1,0 +1,1 @@
+"""Tests of the policy commands: check, explain, audit, pins."""
