@@ -49,6 +49,7 @@ class ServerConfig(_Strict):
     prefix: str | None = None
     image: str | None = None
     disabled: bool = False
+    vars: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("tools", mode="before")
     @classmethod
@@ -98,7 +99,7 @@ class ProxyConfig(_Strict):
     @classmethod
     def _server_names(cls, servers: dict[str, ServerConfig]) -> dict[str, ServerConfig]:
         for name in servers:
-            if not SERVER_NAME_PATTERN.match(name):
+            if not SERVER_NAME_PATTERN.fullmatch(name):
                 raise ValueError(
                     f"server name {name!r} must be 1-48 letters, digits, '_', '-' or"
                     " '.', starting with a letter or digit"
@@ -141,7 +142,9 @@ def load_config(path: Path) -> ProxyConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read the file: {exc.strerror}", source=str(path)) from exc
+        raise ConfigError(
+            f"cannot read the file: {exc.strerror}", source=str(path)
+        ) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError("the file is not valid UTF-8", source=str(path)) from exc
 
@@ -164,7 +167,9 @@ def _parse_document(text: str, source: Path) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}invalid YAML: {problem}", source=str(source)) from exc
+        raise ConfigError(
+            f"{where}invalid YAML: {problem}", source=str(source)
+        ) from exc
 
 
 def format_validation_error(exc: ValidationError) -> str:

@@ -1,9 +1,7 @@
 """A child process on the host, with its stdio as non-blocking pipes.
 
 The process and namespace backends both end in a host process; this module owns its
-lifecycle. Pipes are read with ``os.read`` of a bounded chunk once the event loop
-reports them readable: asyncio's pipe transports ask for 256 KiB per read, which
-costs about 100 us per small message. Exit is watched through a pidfd, and the
+lifecycle. Pipes go through ``fdio``; exit is watched through a pidfd, and the
 child is reaped with ``wait4`` so that its CPU time and peak memory are known.
 """
 
@@ -20,9 +18,9 @@ import anyio
 import structlog
 
 from mcp_sandbox_proxy.exceptions import SandboxStartFailed
+from mcp_sandbox_proxy.fdio import FdReader, FdWriter
 from mcp_sandbox_proxy.sandbox.backend import (
     KILL_GRACE_S,
-    READ_CHUNK_BYTES,
     STOP_GRACE_S,
     ResourceUsage,
     SandboxProcess,
@@ -90,41 +88,44 @@ class PipedProcess(SandboxProcess):
         self._stdin_fd: int | None = popen.stdin.fileno()
         self._stdout_fd = popen.stdout.fileno()
         self._stderr_fd = popen.stderr.fileno()
+        self._stdout: FdReader | None = None
+        self._stderr: FdReader | None = None
         self._pidfd = os.pidfd_open(popen.pid)
-        self._write_lock = anyio.Lock()
+        self._stdin: FdWriter | None = None
         self._wait_lock = anyio.Lock()
         self._returncode: int | None = None
         self._usage = ResourceUsage()
         self._on_exit = on_exit
 
     async def receive(self) -> bytes:
-        return await _read_chunk(self._stdout_fd)
+        if self._stdout is None:
+            self._stdout = FdReader(self._stdout_fd)
+
+        return await self._stdout.read()
 
     async def receive_stderr(self) -> bytes:
-        return await _read_chunk(self._stderr_fd)
+        if self._stderr is None:
+            self._stderr = FdReader(self._stderr_fd)
+
+        return await self._stderr.read()
 
     async def send(self, data: bytes) -> None:
-        async with self._write_lock:
-            view = memoryview(data)
-            while view:
-                fd = self._stdin_fd
-                if fd is None:
-                    raise BrokenPipeError("stdin of the sandboxed server is closed")
+        if self._stdin is None:
+            if self._stdin_fd is None:
+                raise BrokenPipeError("stdin of the sandboxed server is closed")
 
-                try:
-                    written = os.write(fd, view)
-                except BlockingIOError:
-                    await anyio.wait_writable(fd)
-                    continue
+            self._stdin = FdWriter(self._stdin_fd)
 
-                view = view[written:]
+        await self._stdin.write(data)
 
     async def close_stdin(self) -> None:
-        async with self._write_lock:
-            if self._stdin_fd is not None and self._popen.stdin is not None:
-                self._stdin_fd = None
-                with contextlib.suppress(OSError):
-                    self._popen.stdin.close()
+        if self._stdin is not None:
+            self._stdin.close()
+
+        if self._stdin_fd is not None and self._popen.stdin is not None:
+            self._stdin_fd = None
+            with contextlib.suppress(OSError):
+                self._popen.stdin.close()
 
     @property
     def returncode(self) -> int | None:
@@ -189,27 +190,20 @@ class PipedProcess(SandboxProcess):
             with anyio.move_on_after(REAP_TIMEOUT_S):
                 return await self.wait()
 
-            log.error("sandbox_unreapable", sandbox_id=self.sandbox_id, pid=self.pid)
-            return -signal.SIGKILL
+        log.error("sandbox_unreapable", sandbox_id=self.sandbox_id, pid=self.pid)
+        return -signal.SIGKILL
 
     def resource_usage(self) -> ResourceUsage:
         return self._usage
 
     def close(self) -> None:
+        for reader in (self._stdout, self._stderr):
+            if reader is not None:
+                reader.close()
+
         for pipe in (self._popen.stdin, self._popen.stdout, self._popen.stderr):
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
 
         self._stdin_fd = None
-
-
-async def _read_chunk(fd: int) -> bytes:
-    while True:
-        try:
-            return os.read(fd, READ_CHUNK_BYTES)
-        except BlockingIOError:
-            await anyio.wait_readable(fd)
-        except OSError:
-            # A closed or broken pipe is the end of the stream.
-            return b""

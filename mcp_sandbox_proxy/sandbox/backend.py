@@ -11,10 +11,6 @@ from dataclasses import dataclass
 
 from mcp_sandbox_proxy.sandbox.spec import SandboxSpec
 
-# Bytes asked of the kernel per read: large enough for a typical message in one
-# read, small enough that a read does not allocate far more than it returns.
-READ_CHUNK_BYTES = 64 * 1024
-
 # How long a server may take to exit after its stdin closes, and after SIGTERM.
 STOP_GRACE_S = 2.0
 KILL_GRACE_S = 2.0
@@ -94,5 +90,5 @@ class Backend(ABC):
         """What this host offers the backend, for ``doctor`` and fail-closed starts."""
         return []
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Release what the backend holds (engine connections, leftovers)."""

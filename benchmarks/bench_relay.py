@@ -1,0 +1,99 @@
+"""Relay overhead: the same echo server called directly and through the proxy.
+
+Prints p50/p99 latency with one call in flight, calls/s with 16 in flight, a
+64 KiB payload case, spawn-to-initialize time and the proxy's RSS with three
+servers, each with its ratio against the direct connection. The proxy runs the
+``process`` backend with auditing off, so the figures are the relay's own cost.
+"""
+
+from __future__ import annotations
+
+import time
+
+from _harness import (
+    LineClient,
+    echo_argv,
+    latencies_us,
+    p50,
+    percentile,
+    proxy_argv,
+    proxy_config,
+    rss_kib,
+    throughput,
+)
+
+CALLS = 3000
+THROUGHPUT_CALLS = 10000
+WINDOW = 16
+PAYLOAD_BYTES = 64 * 1024
+STARTS = 5
+
+
+def measure(client: LineClient, tool: str) -> dict[str, float]:
+    latencies_us(client, tool, {"text": "warm"}, 300)
+    small = latencies_us(client, tool, {"text": "ping"}, CALLS)
+    large = latencies_us(client, tool, {"text": "", "pad": PAYLOAD_BYTES}, CALLS // 5)
+    return {
+        "p50_us": p50(small),
+        "p99_us": percentile(small, 0.99),
+        "calls_per_s": throughput(
+            client, tool, {"text": "t"}, THROUGHPUT_CALLS, WINDOW
+        ),
+        "p50_64k_us": p50(large),
+    }
+
+
+def start_time_ms(argv: list[str]) -> float:
+    times = []
+    for _ in range(STARTS):
+        client = LineClient(argv)
+        times.append(client.initialize() * 1000)
+        client.close()
+
+    return p50(times)
+
+
+def main() -> None:
+    direct = LineClient(echo_argv())
+    direct.initialize()
+    direct_figures = measure(direct, "echo")
+    direct.close()
+
+    config = proxy_config(
+        {
+            name: {"command": echo_argv()[0], "args": echo_argv()[1:]}
+            for name in ("one", "two", "three")
+        }
+    )
+    proxied = LineClient(proxy_argv(config))
+    proxied.initialize()
+    proxy_figures = measure(proxied, "one__echo")
+    time.sleep(0.2)
+    rss_mib = rss_kib(proxied.process.pid) / 1024
+    proxied.close()
+
+    single = proxy_config(
+        {"echo": {"command": echo_argv()[0], "args": echo_argv()[1:]}}
+    )
+    direct_start = start_time_ms(echo_argv())
+    proxy_start = start_time_ms(proxy_argv(single))
+
+    print(f"{'measure':<28}{'direct':>12}{'proxy':>12}{'ratio':>8}{'added':>12}")
+    for key, label in (
+        ("p50_us", "p50 latency (us)"),
+        ("p99_us", "p99 latency (us)"),
+        ("calls_per_s", f"calls/s, {WINDOW} in flight"),
+        ("p50_64k_us", "p50 64 KiB result (us)"),
+    ):
+        d, p = direct_figures[key], proxy_figures[key]
+        print(f"{label:<28}{d:>12.1f}{p:>12.1f}{p / d:>8.2f}{p - d:>12.1f}")
+
+    print(
+        f"{'spawn to initialize (ms)':<28}{direct_start:>12.1f}{proxy_start:>12.1f}"
+        f"{proxy_start / direct_start:>8.2f}{proxy_start - direct_start:>12.1f}"
+    )
+    print(f"{'proxy RSS, 3 servers (MiB)':<28}{'':>12}{rss_mib:>12.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The subcommands of the ``mcp-sandbox-proxy`` command line."""

@@ -1,0 +1,166 @@
+"""Non-blocking reads and writes on raw file descriptors, for the event loop.
+
+Both the proxy's own stdio and the pipes of host child processes go through here,
+and every relayed message crosses it twice, so it is kept lean:
+
+- reads ask for 64 KiB: asyncio's pipe transports ask for 256 KiB, an allocation
+  above malloc's mmap threshold that costs about 100 us per small message;
+- the descriptor stays registered with the event loop between reads, instead of
+  being added and removed around each wait as ``anyio.wait_readable`` does.
+
+This is the one module that reaches below anyio, to the asyncio loop it runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio  # noqa: TID251 - the readiness callbacks anyio does not expose
+import contextlib
+import os
+
+# Bytes asked of the kernel per read: large enough for a typical message in one
+# read, small enough to stay under malloc's mmap threshold.
+READ_CHUNK_BYTES = 64 * 1024
+
+
+class FdReader:
+    """Reads chunks from one non-blocking descriptor."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._loop = asyncio.get_running_loop()
+        self._waiter: asyncio.Future[None] | None = None
+        self._registered = False
+        self._closed = False
+
+    async def read(self) -> bytes:
+        """The next bytes available; ``b""`` at end of stream or on error."""
+        while not self._closed:
+            try:
+                return os.read(self.fd, READ_CHUNK_BYTES)
+            except BlockingIOError:
+                pass
+            except OSError:
+                # A closed or broken pipe is the end of the stream.
+                return b""
+
+            await self._readable()
+
+        return b""
+
+    async def _readable(self) -> None:
+        if not self._registered:
+            self._loop.add_reader(self.fd, self._wake)
+            self._registered = True
+
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        else:
+            # Nobody waits: stop the level-triggered callback from spinning until
+            # the next read finds the data and registers again if needed.
+            self._unregister()
+
+    def _unregister(self) -> None:
+        if self._registered:
+            self._loop.remove_reader(self.fd)
+            self._registered = False
+
+    def close(self) -> None:
+        """Stop watching the descriptor (it is not closed here)."""
+        self._closed = True
+        self._unregister()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class FdWriter:
+    """Writes to one non-blocking descriptor, in order, coalescing small writes.
+
+    Messages written during one turn of the event loop go out in one ``os.write``
+    at the end of that turn: each write to a pipe may wake its reader, and on a
+    virtual machine a wake-up costs tens of microseconds. What the pipe does not
+    take is written when the descriptor is writable; a writer with more than
+    ``high_water_bytes`` queued waits until the reader catches up. Errors surface
+    on the next ``write``.
+    """
+
+    def __init__(self, fd: int, high_water_bytes: int = 1024 * 1024) -> None:
+        self.fd = fd
+        self._loop = asyncio.get_running_loop()
+        self._queued = bytearray()
+        self._high_water = high_water_bytes
+        self._waiters: list[asyncio.Future[None]] = []
+        self._error: OSError | None = None
+        self._scheduled = False
+        self._watching = False
+        self._closed = False
+
+    async def write(self, data: bytes) -> None:
+        """Queue ``data`` after everything written before; raises ``OSError``."""
+        if self._error is not None:
+            raise self._error
+
+        self._queued += data
+        if not self._scheduled and not self._watching:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
+        if len(self._queued) > self._high_water:
+            waiter = self._loop.create_future()
+            self._waiters.append(waiter)
+            await waiter
+            if self._error is not None:
+                raise self._error
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if self._closed:
+            return
+
+        try:
+            written = os.write(self.fd, self._queued) if self._queued else 0
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            self._error = exc
+            self._queued.clear()
+            written = 0
+
+        del self._queued[:written]
+        if self._queued and not self._watching:
+            self._loop.add_writer(self.fd, self._flush)
+            self._watching = True
+        elif not self._queued and self._watching:
+            self._loop.remove_writer(self.fd)
+            self._watching = False
+
+        if len(self._queued) <= self._high_water:
+            self._flush_waiters()
+
+    def close(self) -> None:
+        """Write what the pipe takes now, drop the rest, stop watching the descriptor
+        (which is not closed here)."""
+        if self._queued and self._error is None:
+            with contextlib.suppress(OSError):
+                del self._queued[: os.write(self.fd, self._queued)]
+
+        self._queued.clear()
+        self._closed = True
+        if self._watching:
+            self._loop.remove_writer(self.fd)
+            self._watching = False
+
+        self._error = self._error or BrokenPipeError("writer closed")
+        self._flush_waiters()
+
+    def _flush_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)

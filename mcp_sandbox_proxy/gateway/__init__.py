@@ -1,0 +1,1 @@
+"""The relay: the client-facing front, routing, interception and downstream links."""

@@ -1,0 +1,104 @@
+"""The client-facing channel: the proxy's own stdin and stdout.
+
+stdout carries nothing but MCP messages. Input that is not a JSON-RPC message is
+answered with the error the protocol prescribes and the channel keeps serving.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+import structlog
+
+from mcp_sandbox_proxy.fdio import FdReader, FdWriter
+from mcp_sandbox_proxy.gateway import jsonrpc
+from mcp_sandbox_proxy.gateway.jsonrpc import Message
+
+log = structlog.get_logger(__name__)
+
+
+class ClientHandler(Protocol):
+    """What the relay does with a message from the client."""
+
+    async def on_client_message(self, message: Message) -> None: ...
+
+
+class ClientChannel:
+    """Reads messages from the client and writes messages to it."""
+
+    def __init__(self, read_fd: int = 0, write_fd: int = 1) -> None:
+        self._read_fd = read_fd
+        self._write_fd = write_fd
+        self._writer: FdWriter | None = None
+        self._splitter = jsonrpc.LineSplitter()
+        self.broken = False
+        for fd in (read_fd, write_fd):
+            os.set_blocking(fd, False)
+
+    async def send(self, message: Message) -> None:
+        """Write one message to the client; a gone client is logged once."""
+        if self.broken:
+            return
+
+        if self._writer is None:
+            self._writer = FdWriter(self._write_fd)
+
+        try:
+            await self._writer.write(jsonrpc.encode(message))
+        except OSError as exc:
+            self.broken = True
+            log.warning("client_output_closed", error=str(exc))
+
+    async def serve(self, handler: ClientHandler) -> None:
+        """Feed every client message to ``handler`` until end of input."""
+        reader = FdReader(self._read_fd)
+        while chunk := await reader.read():
+            for line in self._splitter.feed(chunk):
+                if isinstance(line, jsonrpc.FrameTooLarge):
+                    await self.send(
+                        jsonrpc.error_response(
+                            None,
+                            jsonrpc.INVALID_REQUEST,
+                            f"Invalid Request: message over {jsonrpc.MAX_MESSAGE_BYTES}"
+                            " bytes",
+                        )
+                    )
+                elif line.strip():
+                    await self._dispatch(line, handler)
+
+        reader.close()
+
+    async def _dispatch(self, line: bytes, handler: ClientHandler) -> None:
+        try:
+            message = jsonrpc.decode(line)
+        except jsonrpc.DecodeError as exc:
+            log.warning("client_message_refused", reason=str(exc))
+            await self.send(jsonrpc.error_response(exc.request_id, exc.code, str(exc)))
+            return
+
+        if "method" in message and not isinstance(message["method"], str):
+            await self.send(
+                jsonrpc.error_response(
+                    jsonrpc.valid_id(message),
+                    jsonrpc.INVALID_REQUEST,
+                    "Invalid Request: method must be a string",
+                )
+            )
+            return
+
+        if "id" in message and jsonrpc.valid_id(message) is None:
+            await self.send(
+                jsonrpc.error_response(
+                    None,
+                    jsonrpc.INVALID_REQUEST,
+                    "Invalid Request: id must be a string or an integer",
+                )
+            )
+            return
+
+        await handler.on_client_message(message)
+
+    def close(self) -> None:
+        for fd in (self._read_fd, self._write_fd):
+            os.set_blocking(fd, True)

@@ -1,0 +1,293 @@
+"""The interceptors of the relay: policy, pinning and audit around each call.
+
+Every tools/call passes ``admit`` before it is forwarded and ``complete`` after its
+response: the decision and its rule, the intent and outcome records, and the
+sanitising of the result all happen here. A denial is a ``Denied`` value raised to
+the relay, which turns it into the JSON-RPC error the client sees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import orjson
+import structlog
+
+from mcp_sandbox_proxy.audit import AuditLog
+from mcp_sandbox_proxy.exceptions import AuditError
+from mcp_sandbox_proxy.gateway import jsonrpc
+from mcp_sandbox_proxy.gateway.downstream import Downstream
+from mcp_sandbox_proxy.gateway.jsonrpc import Message, RequestId
+from mcp_sandbox_proxy.policy import PolicySet, ResolvedPolicy, sanitize_result
+from mcp_sandbox_proxy.policy.pins import ToolPins
+
+log = structlog.get_logger(__name__)
+
+CLIENT_REQUEST_RIGHTS = {
+    "sampling/createMessage": ("sampling", "allow_sampling"),
+    "elicitation/create": ("elicitation", "allow_elicitation"),
+    "roots/list": ("roots", "allow_roots"),
+}
+
+
+class Denied(Exception):
+    """A request refused before it reached any server."""
+
+    def __init__(
+        self, message: str, *, code: int = jsonrpc.POLICY_DENIED, data: Any = None
+    ):
+        super().__init__(message)
+        self.code = code
+        self.data = data
+
+
+@dataclass
+class Call:
+    """One admitted tool call, from its intent record to its outcome record."""
+
+    client_id: RequestId
+    server: str
+    tool: str
+    policy: ResolvedPolicy
+    admitted_at: float
+    sent_at: float = 0.0
+    fields: dict[str, Any] = field(default_factory=lambda: {})
+
+    @property
+    def profile(self) -> str:
+        return self.policy.profile
+
+    @property
+    def timeout_s(self) -> float:
+        return self.policy.call_timeout_s
+
+
+class CallGate:
+    """Applies policies, pins and audit to what crosses the relay."""
+
+    def __init__(
+        self,
+        policies: PolicySet,
+        pins: ToolPins | None,
+        audit: AuditLog,
+        *,
+        session: str,
+    ) -> None:
+        self._policies = policies
+        self._pins = pins
+        self._audit = audit
+        self._session = session
+        self._client = ""
+        self._calls: dict[RequestId, Call] = {}
+
+    @property
+    def writes_without_waiting(self) -> bool:
+        """True when audit records are written without waiting for the disk."""
+        return self._audit.writes_without_waiting
+
+    async def client_connected(self, params: Message) -> None:
+        info = params.get("clientInfo")
+        if isinstance(info, dict):
+            self._client = f"{info.get('name', '')} {info.get('version', '')}".strip()  # type: ignore[union-attr]
+
+        await self._write("client_connected")
+
+    def client_capabilities_for(
+        self, server: str, capabilities: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The client's capabilities less those the server's policy does not grant."""
+        policy = self._policies.for_server(server)
+        granted = dict(capabilities)
+        for capability, right in CLIENT_REQUEST_RIGHTS.values():
+            if not getattr(policy, right):
+                granted.pop(capability, None)
+
+        return granted
+
+    async def visible_tools(
+        self, server: str, tools: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """The tools a client may see: not denied outright, not changed since pinned."""
+        allowed = [
+            t for t in tools if self._policies.tool_visible(server, str(t.get("name")))
+        ]
+        if self._pins is None:
+            return allowed
+
+        report = self._pins.check(server, allowed)
+        await anyio.to_thread.run_sync(self._pins.save)
+        for name, reason in report.hidden:
+            log.warning("tool_hidden", server=server, tool=name, reason=reason)
+            await self._write(
+                "tool_pin_changed", server=server, tool=name, reason=reason
+            )
+
+        return report.visible
+
+    async def admit(
+        self, client_id: RequestId, server: str, tool: str, params: Message
+    ) -> Call:
+        """Decide on a call and record the intent; raises ``Denied``."""
+        arguments = params.get("arguments")
+        if self._pins is not None and self._pins.is_hidden(server, tool):
+            await self._deny(
+                server,
+                tool,
+                "pins.changed",
+                "its definition changed since it was pinned",
+                arguments,
+            )
+
+        decision = self._policies.check_call(server, tool, arguments)
+        policy = decision.policy
+        if not decision.allowed:
+            await self._deny(
+                server, tool, decision.rule, decision.message, arguments, policy
+            )
+
+        call = Call(client_id, server, tool, policy, admitted_at=time.monotonic())
+        call.fields = {
+            "server": server,
+            "tool": tool,
+            "policy": policy.name,
+            "policy_digest": policy.digest,
+            "rule": decision.rule,
+        }
+        await self._write(
+            "call_intent",
+            **call.fields,
+            decision="allow",
+            arguments=arguments,
+            redact_names=list(policy.redact_names),
+        )
+        call.sent_at = time.monotonic()
+        self._calls[client_id] = call
+        return call
+
+    async def _deny(
+        self,
+        server: str,
+        tool: str,
+        rule: str,
+        message: str,
+        arguments: Any,
+        policy: ResolvedPolicy | None = None,
+    ) -> None:
+        policy = policy or self._policies.for_server(server)
+        log.info("tool_call_denied", server=server, tool=tool, rule=rule)
+        await self._write(
+            "call_denied",
+            server=server,
+            tool=tool,
+            policy=policy.name,
+            policy_digest=policy.digest,
+            decision="deny",
+            rule=rule,
+            arguments=arguments,
+            redact_names=list(policy.redact_names),
+        )
+        raise Denied(
+            f"Denied by policy {policy.name!r} ({rule}): {message}",
+            data={"rule": rule, "policy": policy.name},
+        )
+
+    async def complete(self, call: Call, response: Message) -> Message:
+        """Sanitise the result and record the outcome; returns what the client gets."""
+        self._calls.pop(call.client_id, None)
+        now = time.monotonic()
+        result = response.get("result")
+        if isinstance(result, dict):
+            result = sanitize_result(result, call.policy)  # type: ignore[arg-type]
+            response = {**response, "result": result}
+
+        body = orjson.dumps(
+            result if result is not None else response.get("error"),
+            option=orjson.OPT_SORT_KEYS,
+        )
+        is_error = (
+            "error" in response or jsonrpc.as_object(result).get("isError") is True
+        )
+        await self._write(
+            "call_outcome",
+            **call.fields,
+            result_bytes=len(body),
+            is_error=is_error,
+            result_digest=hashlib.sha256(body).hexdigest(),
+            queued_ms=_ms(call.sent_at - call.admitted_at),
+            sandbox_ms=_ms(now - call.sent_at),
+            total_ms=_ms(now - call.admitted_at),
+        )
+        return response
+
+    async def cancelled(self, client_id: RequestId | None) -> None:
+        call = self._calls.pop(client_id, None) if client_id is not None else None
+        if call is not None:
+            await self._write(
+                "call_outcome", **call.fields, is_error=True, cancelled=True
+            )
+
+    async def server_request_refusal(
+        self, server: str, method: str, client_init: Message | None
+    ) -> str | None:
+        """Why a server may not send ``method`` to the client, or None if it may."""
+        right = CLIENT_REQUEST_RIGHTS.get(method)
+        if right is None:
+            return None
+
+        capability, attribute = right
+        policy = self._policies.for_server(server)
+        allowed = bool(getattr(policy, attribute))
+        await self._write(
+            "client_request",
+            server=server,
+            method=method,
+            decision="allow" if allowed else "deny",
+        )
+        if not allowed:
+            return (
+                f"policy {policy.name!r} does not let server {server!r} send {method}"
+            )
+
+        capabilities = (client_init or {}).get("capabilities")
+        if not isinstance(capabilities, dict) or capability not in capabilities:
+            return f"the client does not support {method}"
+
+        return None
+
+    async def sandbox_event(self, event: str, link: Downstream, **fields: Any) -> None:
+        usage = link.process.resource_usage() if link.process else None
+        try:
+            await self._write(
+                event,
+                server=link.server,
+                profile=link.profile,
+                backend=link.backend.name,
+                sandbox_id=link.sandbox_id,
+                exit_status=link.process.returncode if link.process else None,
+                cpu_seconds=usage.cpu_seconds if usage else None,
+                peak_memory_bytes=usage.peak_memory_bytes if usage else None,
+                **fields,
+            )
+        except Denied as exc:
+            # A lifecycle record that cannot be written must not stop the relay;
+            # the calls themselves are refused while the log is unwritable.
+            log.error("audit_record_lost", event_name=event, error=str(exc))
+
+    async def _write(self, event: str, **fields: Any) -> None:
+        try:
+            await self._audit.write(
+                event, session=self._session, client=self._client, **fields
+            )
+        except AuditError as exc:
+            raise Denied(
+                f"the audit log cannot be written, so no call may run: {exc}",
+                code=jsonrpc.AUDIT_UNAVAILABLE,
+            ) from exc
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)

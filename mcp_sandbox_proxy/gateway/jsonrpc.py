@@ -1,0 +1,206 @@
+"""JSON-RPC 2.0 messages as MCP's stdio transport carries them.
+
+Messages are single lines of JSON. This module splits byte streams into lines with
+a bound on their size, decodes and encodes them, and builds error responses. A
+message is kept as the plain ``dict`` it arrived as, so that fields the proxy does
+not know are passed on untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+Message = dict[str, Any]
+RequestId = str | int
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+# MCP leaves -32000..-32099 to implementations; these are the proxy's.
+REQUEST_TIMEOUT = -32001
+SERVER_UNAVAILABLE = -32002
+POLICY_DENIED = -32003
+AUDIT_UNAVAILABLE = -32004
+MESSAGE_TOO_LARGE = -32005
+
+# A message larger than this is refused: it bounds the memory one message can
+# take. Results with images are the largest legitimate messages.
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+# Nesting deeper than this is refused before it reaches the JSON decoder, whose
+# recursion would otherwise raise deep inside the relay.
+MAX_NESTING = 200
+
+
+class FrameTooLarge(Exception):
+    """A line grew past ``MAX_MESSAGE_BYTES`` before its end was seen."""
+
+
+class LineSplitter:
+    """Cuts a byte stream into newline-terminated lines, bounding their size.
+
+    After an oversized line, bytes are discarded up to the next newline, so that
+    the stream stays usable.
+    """
+
+    def __init__(self, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        self._max_bytes = max_bytes
+        self._buffer = bytearray()
+        self._discarding = False
+
+    def feed(self, data: bytes) -> Iterator[bytes | FrameTooLarge]:
+        """Yield each complete line of ``data`` (and what came before it)."""
+        start = 0
+        while (end := data.find(b"\n", start)) != -1:
+            if self._discarding:
+                self._discarding = False
+            elif self._buffer:
+                self._buffer += data[start:end]
+                line = bytes(self._buffer)
+                self._buffer.clear()
+                yield line if len(line) <= self._max_bytes else FrameTooLarge()
+            elif end - start <= self._max_bytes:
+                yield data[start:end]
+            else:
+                yield FrameTooLarge()
+
+            start = end + 1
+
+        if not self._discarding and start < len(data):
+            self._buffer += data[start:]
+            if len(self._buffer) > self._max_bytes:
+                self._buffer.clear()
+                self._discarding = True
+                yield FrameTooLarge()
+
+
+class DecodeError(Exception):
+    """A line that is not a JSON-RPC message; ``code`` is the error to answer."""
+
+    def __init__(self, code: int, message: str, request_id: RequestId | None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+
+
+def decode(line: bytes) -> Message:
+    """Parse one line into a message dict, or raise ``DecodeError``."""
+    if _nesting_exceeds(line, MAX_NESTING):
+        raise DecodeError(PARSE_ERROR, "Parse error: JSON nested too deeply", None)
+
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        # orjson refuses integers past 64 bits, which JSON allows: give such a
+        # message a second chance with the standard decoder.
+        try:
+            value = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            raise DecodeError(PARSE_ERROR, f"Parse error: {exc}", None) from exc
+
+    if not isinstance(value, dict):
+        kind = "a batch" if isinstance(value, list) else "not an object"
+        raise DecodeError(INVALID_REQUEST, f"Invalid Request: message is {kind}", None)
+
+    message: Message = value  # type: ignore[assignment]
+    if message.get("jsonrpc") != "2.0":
+        raise DecodeError(
+            INVALID_REQUEST, "Invalid Request: jsonrpc must be '2.0'", _id_of(message)
+        )
+
+    return message
+
+
+def _id_of(message: Message) -> RequestId | None:
+    request_id = message.get("id")
+    if isinstance(request_id, str | int) and not isinstance(request_id, bool):
+        return request_id
+
+    return None
+
+
+def _nesting_exceeds(line: bytes, limit: int) -> bool:
+    # Only a line with that many brackets at all can be too deep: a cheap filter
+    # in front of the exact scan keeps the common path fast.
+    if line.count(b"[") + line.count(b"{") <= limit:
+        return False
+
+    depth = 0
+    in_string = escaped = False
+    for byte in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+
+    return False
+
+
+def encode(message: Message) -> bytes:
+    """Serialise one message as a line of compact UTF-8 JSON."""
+    try:
+        return orjson.dumps(message, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        # Integers past 64 bits, passed on from a message that had them.
+        return (
+            json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+            + b"\n"
+        )
+
+
+def error_response(
+    request_id: RequestId | None, code: int, message: str, data: Any = None
+) -> Message:
+    """A JSON-RPC error response."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+def result_response(request_id: RequestId, result: Any) -> Message:
+    """A JSON-RPC success response."""
+    return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+
+def as_object(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one: for optional params."""
+    return value if isinstance(value, dict) else {}  # type: ignore[return-value]
+
+
+def is_request(message: Message) -> bool:
+    """True for a request: a method and an id."""
+    return "method" in message and "id" in message
+
+
+def is_notification(message: Message) -> bool:
+    """True for a notification: a method and no id."""
+    return "method" in message and "id" not in message
+
+
+def is_response(message: Message) -> bool:
+    """True for a response: an id and a result or an error, no method."""
+    return "method" not in message and ("result" in message or "error" in message)
+
+
+def valid_id(message: Message) -> RequestId | None:
+    """The message's id if it is a JSON-RPC id (string or integer), else None."""
+    return _id_of(message)

@@ -1,0 +1,755 @@
+"""The relay: every message between the client and the servers passes here.
+
+The relay answers what belongs to the connection itself (``initialize``, ``ping``,
+``logging/setLevel``), fans list requests out to every server, routes each call to
+the instance its tool's policy maps to, and maps request ids and progress tokens
+both ways. Anything it does not need to understand is passed on as it came.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import structlog
+
+from mcp_sandbox_proxy import __version__
+from mcp_sandbox_proxy.exceptions import DownstreamError
+from mcp_sandbox_proxy.gateway import jsonrpc
+from mcp_sandbox_proxy.gateway.catalog import NameTable, Origin, ResourceRoutes
+from mcp_sandbox_proxy.gateway.cursors import (
+    InvalidCursor,
+    decode_cursor,
+    encode_cursor,
+)
+from mcp_sandbox_proxy.gateway.downstream import Downstream, Pending
+from mcp_sandbox_proxy.gateway.front import ClientChannel
+from mcp_sandbox_proxy.gateway.gate import CallGate, Denied
+from mcp_sandbox_proxy.gateway.jsonrpc import Message, RequestId
+from mcp_sandbox_proxy.gateway.pool import Pool
+
+log = structlog.get_logger(__name__)
+
+# Protocol revisions negotiated by the initialize handshake, oldest first. Kept
+# here rather than imported from the SDK's types, whose import alone costs about
+# 0.4 s of start-up.
+HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+LIST_TIMEOUT_S = 30.0
+# Requests the proxy sends a server for the client (lists, reads) get this long
+# unless a policy sets a call timeout.
+DEFAULT_REQUEST_TIMEOUT_S = 120.0
+# How often deadlines of calls in flight are checked.
+DEADLINE_TICK_S = 0.1
+# Notifications one server may send per second (a burst may borrow a second's
+# worth); the excess is dropped and counted.
+NOTIFICATIONS_PER_S = 500
+
+LIST_KINDS = {
+    "tools/list": ("tools", "tools"),
+    "prompts/list": ("prompts", "prompts"),
+    "resources/list": ("resources", "resources"),
+    "resources/templates/list": ("resources", "resourceTemplates"),
+}
+
+
+@dataclass
+class ProgressRoute:
+    """A progress token the proxy gave a server, and the client's own token."""
+
+    client_token: Any
+    link: Downstream
+
+
+@dataclass
+class ServerRequestRoute:
+    """A request a server sent the client, under the id the client sees."""
+
+    link: Downstream
+    server_id: RequestId
+
+
+class RateBucket:
+    """A token bucket: ``rate`` events a second, bursts up to one second's worth."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._tokens = rate
+        self._updated = anyio.current_time()
+        self.dropped = 0
+
+    def take(self) -> bool:
+        now = anyio.current_time()
+        self._tokens = min(
+            self._rate, self._tokens + (now - self._updated) * self._rate
+        )
+        self._updated = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+
+        self.dropped += 1
+        return False
+
+
+class Relay:
+    """Joins one client to every downstream instance."""
+
+    def __init__(
+        self,
+        front: ClientChannel,
+        gate: CallGate,
+        prefixes: dict[str, str],
+        default_profiles: dict[str, str],
+    ) -> None:
+        self.front = front
+        self.gate = gate
+        self.pool: Pool | None = None
+        self.prefixes = prefixes
+        self.default_profiles = default_profiles
+        self.tools = NameTable("tool")
+        self.prompts = NameTable("prompt")
+        self.resources = ResourceRoutes()
+        self.client_init: Message | None = None
+        self.protocol_version = HANDSHAKE_VERSIONS[-1]
+        self._ids = itertools.count(1)
+        self._inflight: dict[RequestId, tuple[Downstream, int]] = {}
+        self._cancelled: set[RequestId] = set()
+        self._progress: dict[int, ProgressRoute] = {}
+        self._server_requests: dict[int, ServerRequestRoute] = {}
+        self._client_progress: dict[Any, Downstream] = {}
+        self._buckets: dict[int, RateBucket] = {}
+        self._group: anyio.abc.TaskGroup | None = None
+
+    # -- client to servers -------------------------------------------------------
+
+    async def on_client_message(self, message: Message) -> None:
+        if jsonrpc.is_request(message):
+            if message["method"] == "tools/call" and self._can_call_inline(message):
+                await self._handle_request(message)
+            else:
+                assert self._group is not None
+                self._group.start_soon(self._handle_request, message)
+        elif jsonrpc.is_notification(message):
+            await self._handle_client_notification(message)
+        elif jsonrpc.is_response(message):
+            await self._handle_client_response(message)
+        else:
+            await self.front.send(
+                jsonrpc.error_response(
+                    jsonrpc.valid_id(message),
+                    jsonrpc.INVALID_REQUEST,
+                    "Invalid Request: neither a request, a notification nor a response",
+                )
+            )
+
+    def _can_call_inline(self, message: Message) -> bool:
+        """Whether a call can be relayed without making the reader wait: its
+        instance is up and the audit log does not wait for the disk."""
+        if self.client_init is None or not self.gate.writes_without_waiting:
+            return False
+
+        name = _params(message).get("name")
+        origin = (
+            self.tools.resolve(name, self.prefixes) if isinstance(name, str) else None
+        )
+        return origin is not None and self._is_ready(origin.server)
+
+    def _is_ready(self, server: str) -> bool:
+        assert self.pool is not None
+        state = self.pool.state((server, self.default_profiles.get(server, "")))
+        return state is not None and state.ready.is_set() and state.failed is None
+
+    async def _handle_request(self, message: Message) -> None:
+        method: str = message["method"]
+        handler = self._request_handlers().get(method)
+        if self.client_init is None and method not in ("initialize", "ping"):
+            handler = self._refuse_before_initialize
+
+        try:
+            if handler is None:
+                await self._reply_error(
+                    message, jsonrpc.METHOD_NOT_FOUND, f"Method not found: {method}"
+                )
+            else:
+                await handler(message)
+        except DownstreamError as exc:
+            await self._reply_error(message, jsonrpc.SERVER_UNAVAILABLE, str(exc))
+        except Denied as exc:
+            await self._reply_error(message, exc.code, str(exc), exc.data)
+        except Exception as exc:
+            # A bug must cost one request, never the connection: answer, and log
+            # the traceback on stderr.
+            log.exception("request_failed", method=method)
+            await self._reply_error(
+                message, jsonrpc.INTERNAL_ERROR, f"Internal error: {type(exc).__name__}"
+            )
+
+    def _request_handlers(self) -> dict[str, Callable[[Message], Awaitable[None]]]:
+        return {
+            "initialize": self._initialize,
+            "ping": self._ping,
+            "logging/setLevel": self._set_level,
+            "tools/list": self._list,
+            "prompts/list": self._list,
+            "resources/list": self._list,
+            "resources/templates/list": self._list,
+            "tools/call": self._call_tool,
+            "prompts/get": self._get_prompt,
+            "resources/read": self._by_uri,
+            "resources/subscribe": self._by_uri,
+            "resources/unsubscribe": self._by_uri,
+            "completion/complete": self._complete,
+        }
+
+    async def _refuse_before_initialize(self, message: Message) -> None:
+        await self._reply_error(
+            message, jsonrpc.INVALID_REQUEST, "Invalid Request: initialize first"
+        )
+
+    async def _reply(self, message: Message, result: Any) -> None:
+        await self.front.send(jsonrpc.result_response(message["id"], result))
+
+    async def _reply_error(
+        self, message: Message, code: int, text: str, data: Any = None
+    ) -> None:
+        await self.front.send(jsonrpc.error_response(message["id"], code, text, data))
+
+    async def _initialize(self, message: Message) -> None:
+        params = _params(message)
+        requested = params.get("protocolVersion")
+        if requested in HANDSHAKE_VERSIONS:
+            self.protocol_version = requested
+
+        first = self.client_init is None
+        self.client_init = params
+        assert self.pool is not None
+        if first:
+            self.pool.client_initialized()
+            await self.gate.client_connected(params)
+
+        links = await self._default_links()
+        await self._reply(message, self._initialize_result(links))
+
+    def initialize_params(self, server: str) -> Message:
+        """What a server is told in its own initialize: the client's own words."""
+        assert self.client_init is not None
+        params = dict(self.client_init)
+        params["protocolVersion"] = self.protocol_version
+        capabilities = params.get("capabilities")
+        if isinstance(capabilities, dict):
+            params["capabilities"] = self.gate.client_capabilities_for(
+                server,
+                capabilities,  # type: ignore[arg-type]
+            )
+
+        return params
+
+    async def _default_links(self) -> list[Downstream]:
+        assert self.pool is not None
+        links: list[Downstream] = []
+        for server, profile in self.default_profiles.items():
+            try:
+                links.append(await self.pool.get((server, profile)))
+            except DownstreamError as exc:
+                log.error("server_left_out", server=server, reason=str(exc))
+
+        return links
+
+    def _initialize_result(self, links: list[Downstream]) -> Message:
+        capabilities: dict[str, Any] = {"logging": {}}
+        instructions: list[str] = []
+        for link in links:
+            offered = link.capabilities
+            for kind in ("tools", "prompts"):
+                if kind in offered:
+                    capabilities[kind] = {"listChanged": True}
+
+            if "resources" in offered:
+                resources = capabilities.setdefault("resources", {"listChanged": True})
+                if _flag(offered["resources"], "subscribe"):
+                    resources["subscribe"] = True
+
+            if "completions" in offered:
+                capabilities["completions"] = {}
+
+            text = (link.initialize_result or {}).get("instructions")
+            if isinstance(text, str) and text.strip():
+                instructions.append(f"## {link.server}\n{text.strip()}")
+
+        result: Message = {
+            "protocolVersion": self.protocol_version,
+            "capabilities": capabilities,
+            "serverInfo": {"name": "mcp-sandbox-proxy", "version": __version__},
+        }
+        if instructions:
+            result["instructions"] = "\n\n".join(instructions)
+
+        return result
+
+    async def _ping(self, message: Message) -> None:
+        await self._reply(message, {})
+
+    async def _set_level(self, message: Message) -> None:
+        await self._reply(message, {})
+        for link in self._links():
+            if "logging" in link.capabilities:
+                await self._send_quietly(link, "logging/setLevel", _params(message))
+
+    async def _send_quietly(self, link: Downstream, method: str, params: Any) -> None:
+        async def ignore(_: Message) -> None:
+            return None
+
+        request: Message = {"jsonrpc": "2.0", "method": method, "params": params}
+        try:
+            await link.send_request(request, Pending(method, ignore), timeout_s=30.0)
+        except DownstreamError as exc:
+            log.warning("server_unreachable", server=link.server, error=str(exc))
+
+    def _links(self) -> list[Downstream]:
+        """The ready instance of each server's own profile."""
+        assert self.pool is not None
+        return [
+            link
+            for link in self.pool.links()
+            if self.default_profiles.get(link.server) == link.profile
+        ]
+
+    # -- lists -------------------------------------------------------------------
+
+    async def _list(self, message: Message) -> None:
+        method: str = message["method"]
+        capability, key = LIST_KINDS[method]
+        params = _params(message)
+        links = {
+            link.server: link
+            for link in self._links()
+            if capability in link.capabilities
+        }
+        cursor = params.get("cursor")
+        try:
+            todo = (
+                decode_cursor(cursor)
+                if isinstance(cursor, str)
+                else dict.fromkeys(links, "")
+            )
+        except InvalidCursor as exc:
+            await self._reply_error(
+                message, jsonrpc.INVALID_PARAMS, f"Invalid params: {exc}"
+            )
+            return
+
+        pages: dict[str, Any] = {}
+        async with anyio.create_task_group() as group:
+            for server, server_cursor in todo.items():
+                if server in links:
+                    group.start_soon(
+                        self._fetch_page,
+                        links[server],
+                        method,
+                        params,
+                        server_cursor,
+                        pages,
+                    )
+
+        items: list[Any] = []
+        remaining: dict[str, str] = {}
+        for server in sorted(pages):
+            page = pages[server]
+            items.extend(await self._expose(method, server, page.get(key, [])))
+            if isinstance(page.get("nextCursor"), str):
+                remaining[server] = page["nextCursor"]
+
+        result: Message = {key: items}
+        if remaining:
+            result["nextCursor"] = encode_cursor(remaining)
+
+        await self._reply(message, result)
+
+    async def _fetch_page(
+        self,
+        link: Downstream,
+        method: str,
+        params: Message,
+        cursor: str,
+        pages: dict[str, Any],
+    ) -> None:
+        request = {k: v for k, v in params.items() if k != "cursor"}
+        if cursor:
+            request["cursor"] = cursor
+
+        try:
+            page = await link.request(method, request or None, LIST_TIMEOUT_S)
+        except DownstreamError as exc:
+            log.warning(
+                "server_list_failed", server=link.server, method=method, error=str(exc)
+            )
+            return
+
+        if isinstance(page, dict):
+            pages[link.server] = page
+
+    async def _expose(self, method: str, server: str, items: Any) -> list[Any]:
+        if not isinstance(items, list):
+            return []
+
+        entries: list[dict[str, Any]] = [i for i in items if isinstance(i, dict)]  # type: ignore[misc]
+        if method == "tools/list":
+            entries = await self.gate.visible_tools(server, entries)
+            return self._renamed(self.tools, server, entries)
+
+        if method == "prompts/list":
+            return self._renamed(self.prompts, server, entries)
+
+        if method == "resources/list":
+            self.resources.add_uris(server, (str(e.get("uri")) for e in entries))
+        else:
+            self.resources.add_templates(
+                server, (str(e.get("uriTemplate")) for e in entries)
+            )
+
+        return entries
+
+    def _renamed(
+        self, table: NameTable, server: str, entries: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        prefix = self.prefixes[server]
+        renamed: list[dict[str, Any]] = []
+        for entry in entries:
+            name = entry.get("name")
+            if isinstance(name, str):
+                exposed = table.expose(prefix, Origin(server, name))
+                renamed.append({**entry, "name": exposed})
+
+        return renamed
+
+    # -- routed requests ---------------------------------------------------------
+
+    async def _call_tool(self, message: Message) -> None:
+        params = _params(message)
+        name = params.get("name")
+        origin = (
+            self.tools.resolve(name, self.prefixes) if isinstance(name, str) else None
+        )
+        if origin is None or origin.server not in self.default_profiles:
+            await self._reply_error(
+                message, jsonrpc.INVALID_PARAMS, f"Unknown tool: {name}"
+            )
+            return
+
+        call = await self.gate.admit(message["id"], origin.server, origin.name, params)
+        assert self.pool is not None
+        link = await self.pool.get((origin.server, call.profile))
+        outgoing = {**message, "params": {**params, "name": origin.name}}
+
+        async def finish(response: Message) -> Message:
+            return await self.gate.complete(call, response)
+
+        await self._forward(link, outgoing, finish, call.timeout_s)
+
+    async def _get_prompt(self, message: Message) -> None:
+        params = _params(message)
+        name = params.get("name")
+        origin = (
+            self.prompts.resolve(name, self.prefixes) if isinstance(name, str) else None
+        )
+        if origin is None or origin.server not in self.default_profiles:
+            await self._reply_error(
+                message, jsonrpc.INVALID_PARAMS, f"Unknown prompt: {name}"
+            )
+            return
+
+        link = await self._default_link(origin.server)
+        outgoing = {**message, "params": {**params, "name": origin.name}}
+        await self._forward(link, outgoing)
+
+    async def _by_uri(self, message: Message) -> None:
+        uri = _params(message).get("uri")
+        link = self._resource_owner(uri) if isinstance(uri, str) else None
+        if link is None:
+            await self._reply_error(
+                message, jsonrpc.INVALID_PARAMS, f"Resource not found: {uri}"
+            )
+            return
+
+        await self._forward(link, message)
+
+    async def _complete(self, message: Message) -> None:
+        params = _params(message)
+        ref = jsonrpc.as_object(params.get("ref"))
+        name, uri = ref.get("name"), ref.get("uri")
+        link: Downstream | None = None
+        if ref.get("type") == "ref/prompt" and isinstance(name, str):
+            origin = self.prompts.resolve(name, self.prefixes)
+            if origin is not None and origin.server in self.default_profiles:
+                link = await self._default_link(origin.server)
+                params = {**params, "ref": {**ref, "name": origin.name}}
+        elif ref.get("type") == "ref/resource" and isinstance(uri, str):
+            link = self._resource_owner(uri)
+
+        if link is None:
+            await self._reply_error(
+                message,
+                jsonrpc.INVALID_PARAMS,
+                "Invalid params: unknown completion ref",
+            )
+            return
+
+        await self._forward(link, {**message, "params": params})
+
+    def _resource_owner(self, uri: str) -> Downstream | None:
+        links = {link.server: link for link in self._links()}
+        server = self.resources.route(uri)
+        if server is not None:
+            return links.get(server)
+
+        # Not listed yet: if only one server offers resources, it is the owner.
+        owners = [link for link in links.values() if "resources" in link.capabilities]
+        return owners[0] if len(owners) == 1 else None
+
+    async def _default_link(self, server: str) -> Downstream:
+        assert self.pool is not None
+        return await self.pool.get((server, self.default_profiles[server]))
+
+    async def _forward(
+        self,
+        link: Downstream,
+        message: Message,
+        finish: Callable[[Message], Awaitable[Message]] | None = None,
+        timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+    ) -> None:
+        client_id: RequestId = message["id"]
+        if client_id in self._cancelled:
+            self._cancelled.discard(client_id)
+            return
+
+        outgoing, token = self._map_progress(link, message)
+
+        async def deliver(response: Message) -> None:
+            self._inflight.pop(client_id, None)
+            if token is not None:
+                self._progress.pop(token, None)
+
+            response = {**response, "id": client_id}
+            if finish is not None:
+                response = await finish(response)
+
+            await self.front.send(response)
+
+        pending = Pending(message["method"], deliver, client_id=client_id)
+        down_id = await link.send_request(outgoing, pending, timeout_s=timeout_s)
+        self._inflight[client_id] = (link, down_id)
+
+    def _map_progress(
+        self, link: Downstream, message: Message
+    ) -> tuple[Message, int | None]:
+        params = _params(message)
+        meta = jsonrpc.as_object(params.get("_meta"))
+        if "progressToken" not in meta:
+            return message, None
+
+        token = next(self._ids)
+        self._progress[token] = ProgressRoute(meta["progressToken"], link)
+        new_params = {**params, "_meta": {**meta, "progressToken": token}}
+        return {**message, "params": new_params}, token
+
+    # -- client notifications and responses ----------------------------------------
+
+    async def _handle_client_notification(self, message: Message) -> None:
+        method: str = message["method"]
+        params = _params(message)
+        if method == "notifications/initialized":
+            return
+
+        if method == "notifications/cancelled":
+            await self._client_cancelled(message, params)
+        elif method == "notifications/progress":
+            link = self._client_progress.get(params.get("progressToken"))
+            if link is not None:
+                await self._send_safely(link, message)
+        else:
+            for link in self._all_links():
+                await self._send_safely(link, message)
+
+    async def _client_cancelled(self, message: Message, params: Message) -> None:
+        request_id = params.get("requestId")
+        route = self._inflight.pop(request_id, None) if request_id is not None else None
+        if route is None:
+            if isinstance(request_id, str | int):
+                self._cancelled.add(request_id)
+
+            return
+
+        link, down_id = route
+        pending = link.pending.pop(down_id, None)
+        if pending is not None:
+            await self.gate.cancelled(pending.client_id)
+
+        outgoing = {**message, "params": {**params, "requestId": down_id}}
+        await self._send_safely(link, outgoing)
+
+    async def _handle_client_response(self, message: Message) -> None:
+        request_id = message.get("id")
+        route = (
+            self._server_requests.pop(request_id, None)
+            if isinstance(request_id, int)
+            else None
+        )
+        if route is None:
+            log.warning("client_response_unmatched", id=request_id)
+            return
+
+        await self._send_safely(route.link, {**message, "id": route.server_id})
+
+    def _all_links(self) -> list[Downstream]:
+        assert self.pool is not None
+        return self.pool.links()
+
+    async def _send_safely(self, link: Downstream, message: Message) -> None:
+        try:
+            await link.send(message)
+        except DownstreamError as exc:
+            log.warning("server_unreachable", server=link.server, error=str(exc))
+
+    # -- servers to client -------------------------------------------------------
+
+    async def on_server_message(self, link: Downstream, message: Message) -> None:
+        if "id" in message:
+            await self._server_request(link, message)
+            return
+
+        bucket = self._buckets.setdefault(id(link), RateBucket(NOTIFICATIONS_PER_S))
+        if not bucket.take():
+            if bucket.dropped % 1000 == 1:
+                log.warning(
+                    "server_notifications_dropped",
+                    server=link.server,
+                    count=bucket.dropped,
+                )
+
+            return
+
+        method: str = message["method"]
+        params = _params(message)
+        if method == "notifications/progress":
+            route = self._progress.get(params.get("progressToken"))  # type: ignore[arg-type]
+            if route is None or route.link is not link:
+                return
+
+            message = {
+                **message,
+                "params": {**params, "progressToken": route.client_token},
+            }
+        elif method == "notifications/cancelled":
+            message = self._server_cancelled(link, message, params)
+            if not message:
+                return
+
+        await self.front.send(message)
+
+    def _server_cancelled(
+        self, link: Downstream, message: Message, params: Message
+    ) -> Message:
+        for client_facing, route in list(self._server_requests.items()):
+            if route.link is link and route.server_id == params.get("requestId"):
+                del self._server_requests[client_facing]
+                return {**message, "params": {**params, "requestId": client_facing}}
+
+        return {}
+
+    async def _server_request(self, link: Downstream, message: Message) -> None:
+        server_id = jsonrpc.valid_id(message)
+        if server_id is None:
+            return
+
+        method: str = message["method"]
+        if method == "ping":
+            await self._send_safely(link, jsonrpc.result_response(server_id, {}))
+            return
+
+        refusal = await self.gate.server_request_refusal(
+            link.server, method, self.client_init
+        )
+        if refusal is not None:
+            error = jsonrpc.error_response(server_id, jsonrpc.POLICY_DENIED, refusal)
+            await self._send_safely(link, error)
+            return
+
+        client_facing = next(self._ids)
+        self._server_requests[client_facing] = ServerRequestRoute(link, server_id)
+        token = jsonrpc.as_object(_params(message).get("_meta")).get("progressToken")
+        if token is not None:
+            self._client_progress[token] = link
+
+        await self.front.send({**message, "id": client_facing})
+
+    async def on_server_ready(self, link: Downstream) -> None:
+        await self.gate.sandbox_event("sandbox_started", link)
+        if self.client_init is not None and link.profile == self.default_profiles.get(
+            link.server
+        ):
+            await self._announce_lists_changed(link.capabilities)
+
+    async def on_server_exit(self, link: Downstream, reason: str) -> None:
+        log.warning(
+            "server_exited", server=link.server, profile=link.profile, reason=reason
+        )
+        await self.gate.sandbox_event("sandbox_exited", link, reason=reason)
+        for route_id, route in list(self._server_requests.items()):
+            if route.link is link:
+                del self._server_requests[route_id]
+
+        self._progress = {t: r for t, r in self._progress.items() if r.link is not link}
+        if self.client_init is not None and link.profile == self.default_profiles.get(
+            link.server
+        ):
+            self.tools.forget_server(link.server)
+            self.prompts.forget_server(link.server)
+            self.resources.forget_server(link.server)
+            await self._announce_lists_changed(link.capabilities)
+
+    async def _announce_lists_changed(self, capabilities: dict[str, Any]) -> None:
+        for kind in ("tools", "prompts", "resources"):
+            if kind in capabilities:
+                await self.front.send(
+                    {"jsonrpc": "2.0", "method": f"notifications/{kind}/list_changed"}
+                )
+
+    # -- deadlines -----------------------------------------------------------------
+
+    async def watch_deadlines(self) -> None:
+        """Answer calls whose deadline passed, and cancel them at the server."""
+        while True:
+            await anyio.sleep(DEADLINE_TICK_S)
+            now = anyio.current_time()
+            for link in self._all_links():
+                for down_id, pending in await link.expire(now):
+                    await self._expire(link, down_id, pending)
+
+    async def _expire(self, link: Downstream, down_id: int, pending: Pending) -> None:
+        cancel: Message = {
+            "jsonrpc": "2.0",
+            "method": "notifications/cancelled",
+            "params": {"requestId": down_id, "reason": "deadline exceeded"},
+        }
+        await self._send_safely(link, cancel)
+        error = jsonrpc.error_response(
+            pending.client_id,
+            jsonrpc.REQUEST_TIMEOUT,
+            f"{pending.method} to server {link.server!r} exceeded its deadline",
+        )
+        await pending.deliver(error)
+
+    def bind(self, group: anyio.abc.TaskGroup, pool: Pool) -> None:
+        self._group = group
+        self.pool = pool
+
+
+def _params(message: Message) -> Message:
+    return jsonrpc.as_object(message.get("params"))
+
+
+def _flag(value: Any, key: str) -> bool:
+    return isinstance(value, dict) and value.get(key) is True  # type: ignore[union-attr]

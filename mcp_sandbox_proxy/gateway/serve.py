@@ -1,0 +1,98 @@
+"""Running the proxy: wire the relay, the pool and the interceptors, then serve.
+
+The proxy serves until its input ends or it gets SIGTERM or SIGINT; then every
+sandbox is stopped (each stop bounded) and the audit log is closed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import uuid
+
+import anyio
+import structlog
+
+from mcp_sandbox_proxy.audit import AuditLog
+from mcp_sandbox_proxy.config import ProxyConfig
+from mcp_sandbox_proxy.gateway.front import ClientChannel
+from mcp_sandbox_proxy.gateway.gate import CallGate
+from mcp_sandbox_proxy.gateway.pool import Pool
+from mcp_sandbox_proxy.gateway.relay import Relay
+from mcp_sandbox_proxy.policy import PolicySet
+from mcp_sandbox_proxy.policy.pins import ToolPins
+from mcp_sandbox_proxy.sandbox.registry import Backends
+
+log = structlog.get_logger(__name__)
+
+# Shutdown is bounded: every sandbox gets its own grace period, run side by side.
+SHUTDOWN_TIMEOUT_S = 10.0
+
+
+async def serve(
+    config: ProxyConfig, policies: PolicySet, *, read_fd: int = 0, write_fd: int = 1
+) -> int:
+    """Serve MCP on the given descriptors until the client goes away."""
+    instance = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    audit = AuditLog.open(config.proxy.audit, instance=instance)
+    backends = Backends(instance=instance)
+    front = ClientChannel(read_fd, write_fd)
+    pins = ToolPins.for_config(config)
+    gate = CallGate(policies, pins, audit, session=instance)
+    servers = config.enabled_servers()
+    default_profiles = {name: policies.for_server(name).profile for name in servers}
+    relay = Relay(
+        front, gate, {n: config.prefix_of(n) for n in servers}, default_profiles
+    )
+    await audit.write(
+        "config_loaded",
+        session=instance,
+        config_path=str(config.source),
+        config_digest=config_digest(config),
+        servers=sorted(servers),
+        policies={name: policies.for_server(name).digest for name in servers},
+    )
+
+    pool: Pool | None = None
+    try:
+        async with anyio.create_task_group() as group:
+            pool = Pool(group, relay, relay.initialize_params)
+            relay.bind(group, pool)
+            for name, server in servers.items():
+                for policy in policies.profiles(name):
+                    spec = policy.sandbox_spec(name, server, os.environ)
+                    pool.add((name, policy.profile), spec, backends.get(policy.backend))
+
+            group.start_soon(relay.watch_deadlines)
+            group.start_soon(_stop_on_signal, group.cancel_scope)
+            await front.serve(relay)
+            log.info("client_input_closed")
+            group.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_TIMEOUT_S):
+            if pool is not None:
+                await pool.stop_all()
+
+            await backends.aclose()
+            await audit.aclose()
+
+        front.close()
+
+    return 0
+
+
+def config_digest(config: ProxyConfig) -> str:
+    """SHA-256 of the configuration file as read, to tie records to its content."""
+    if config.source is None or not config.source.exists():
+        return ""
+
+    return hashlib.sha256(config.source.read_bytes()).hexdigest()
+
+
+async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("signal_received", signal=signal.Signals(signum).name)
+            scope.cancel()
+            return
