@@ -7,7 +7,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 venv=${MCP_SANDBOX_PROXY_VENV:-$repo/.venv}
 cache=${MCP_SANDBOX_PROXY_TEST_CACHE:-$HOME/.cache/mcp-sandbox-proxy-tests}
-apt_packages=(bubblewrap docker.io crun iproute2 git python3-venv nodejs npm)
+apt_packages=(bubblewrap libseccomp2 docker.io crun iproute2 git python3-venv nodejs npm)
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 

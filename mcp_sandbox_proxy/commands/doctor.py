@@ -1,0 +1,107 @@
+"""``doctor``: what this machine offers each sandbox backend, as a table or JSON.
+
+It exits 0 when the default backend (``namespace``) can run servers here and 1 when
+it cannot, so that a setup script can check a machine before trusting it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from mcp_sandbox_proxy.sandbox.backend import BackendCheck
+from mcp_sandbox_proxy.sandbox.registry import BACKEND_NAMES, Backends
+
+DEFAULT_BACKEND = "namespace"
+EXIT_USABLE = 0
+EXIT_UNUSABLE = 1
+# Container runtimes Docker can be told to use instead of runc.
+OCI_RUNTIMES = ("runc", "crun", "runsc", "youki", "kata-runtime")
+COLUMNS = ("backend", "check", "status", "detail")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:  # pyright: ignore[reportPrivateUsage]
+    """Add ``doctor`` to the command line."""
+    parser = subparsers.add_parser(
+        "doctor",
+        help="show what this machine offers each sandbox backend",
+        description="Check bubblewrap, user namespaces, seccomp, cgroups, the Docker"
+        " engine and OCI runtimes. Exits 0 when the default (namespace) backend can"
+        " run servers here, 1 when it cannot.",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON, not a table")
+    parser.set_defaults(handler=run_doctor)
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    """Run every backend's checks, print them, and return the exit status."""
+    report = collect()
+    text = json.dumps(report, indent=2) + "\n" if args.json else render(report)
+    sys.stdout.write(text)
+    return EXIT_USABLE if report["usable"] else EXIT_UNUSABLE
+
+
+def collect() -> dict[str, Any]:
+    """Every backend's checks, whether each backend is usable, and the verdict."""
+    backends: dict[str, Any] = {}
+    for name in BACKEND_NAMES:
+        checks = backend_checks(name)
+        if name == "docker":
+            checks.append(oci_runtimes_check())
+
+        usable = all(c.ok for c in checks if c.required)
+        backends[name] = {"usable": usable, "checks": [asdict(c) for c in checks]}
+
+    usable = bool(backends[DEFAULT_BACKEND]["usable"])
+    return {"default_backend": DEFAULT_BACKEND, "usable": usable, "backends": backends}
+
+
+def backend_checks(name: str) -> list[BackendCheck]:
+    """One backend's checks; a backend that cannot even be loaded is one failed row."""
+    try:
+        backend = Backends(instance="doctor").get(name)
+    except ImportError as exc:
+        return [BackendCheck("backend", False, f"not available here: {exc}")]
+
+    try:
+        return backend.checks()
+    except Exception as exc:
+        # doctor reports every failure instead of stopping at the first one.
+        return [BackendCheck("checks", False, f"{type(exc).__name__}: {exc}")]
+
+
+def oci_runtimes_check() -> BackendCheck:
+    """Which OCI runtimes are installed (Docker may use any it is configured for)."""
+    found = [
+        f"{name} ({path})" for name in OCI_RUNTIMES if (path := shutil.which(name))
+    ]
+    detail = ", ".join(found) if found else "none found on PATH"
+    return BackendCheck("OCI runtimes on PATH", bool(found), detail, required=False)
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as an aligned text table, then one line of verdict."""
+    rows: list[tuple[str, ...]] = [COLUMNS]
+    for backend, result in report["backends"].items():
+        for check in result["checks"]:
+            rows.append((backend, check["name"], _status(check), check["detail"]))
+
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS) - 1)]
+    lines = [
+        "  ".join([*(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)), r[-1]])
+        for r in rows
+    ]
+    verdict = "usable" if report["usable"] else "NOT usable"
+    lines.append(f"\n{report['default_backend']} backend (the default): {verdict}")
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def _status(check: dict[str, Any]) -> str:
+    if check["ok"]:
+        return "ok"
+
+    return "FAIL" if check["required"] else "missing"
