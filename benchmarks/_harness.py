@@ -150,6 +150,8 @@ def proxy_config(
     policy = {
         "extends": "strict",
         "isolation": {"backend": backend, "limits": {"memory": "unlimited"}},
+        "rate": {"perMinute": None},
+        "results": {"maxBytes": "1MiB"},
     }
     (folder / "policies" / "bench.yaml").write_text(yaml.safe_dump(policy))
     for server in servers.values():

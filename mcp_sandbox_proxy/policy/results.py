@@ -54,8 +54,21 @@ _INVISIBLE = re.compile(
 )
 
 
+# Bytes that plain ASCII text may hold without any cleaning.
+_CLEAN_ASCII = bytes(range(0x20, 0x7F)) + b"\t\n"
+
+
 def clean_text(text: str, rules: Results) -> str:
     """``text`` without terminal escapes and invisible characters (per ``rules``)."""
+    if text.isascii():
+        # The common case, checked in C at memory speed: invisible characters
+        # are never ASCII, and most text holds no control character at all.
+        controls = text.encode("ascii").translate(None, _CLEAN_ASCII)
+        if not controls or rules.allow_terminal_escapes:
+            return text
+
+        return _TERMINAL_ESCAPES.sub("", text)
+
     if not rules.allow_terminal_escapes:
         text = _TERMINAL_ESCAPES.sub("", text)
 
