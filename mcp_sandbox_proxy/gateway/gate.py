@@ -118,8 +118,10 @@ class CallGate:
         if self._pins is None:
             return allowed
 
+        self._pins.refresh()
         report = self._pins.check(server, allowed)
-        await anyio.to_thread.run_sync(self._pins.save)
+        if report.new or report.hidden or report.renamed:
+            await anyio.to_thread.run_sync(self._pins.save)
         for name, reason in report.hidden:
             log.warning("tool_hidden", server=server, tool=name, reason=reason)
             await self._write(

@@ -125,6 +125,15 @@ def _is_mapping_of(value: Any, keys: tuple[str, ...]) -> bool:
     return all(isinstance(fields.get(key), dict) for key in keys)
 
 
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+
+    return status.st_mtime_ns, status.st_ino
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -135,6 +144,15 @@ class ToolPins:
     def __init__(self, path: Path, data: dict[str, Any] | None = None) -> None:
         self.path = path
         self._servers: dict[str, Any] = data["servers"] if data else {}
+        self._seen_stamp = _stamp(path)
+
+    def refresh(self) -> None:
+        """Read the file again if another process (``pins accept``) changed it
+        since this one last read or wrote it."""
+        stamp = _stamp(self.path)
+        if stamp != self._seen_stamp:
+            self._servers = ToolPins.load(self.path)._servers
+            self._seen_stamp = stamp
 
     @classmethod
     def load(cls, path: Path) -> ToolPins:
@@ -178,6 +196,7 @@ class ToolPins:
                 os.fsync(file.fileno())
 
             temporary.replace(self.path)
+            self._seen_stamp = _stamp(self.path)
         except OSError as exc:
             raise ConfigError(
                 f"cannot write the pin file: {exc}", source=str(self.path)
