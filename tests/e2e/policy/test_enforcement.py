@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import yaml
 from mcp import MCPError
@@ -179,14 +179,12 @@ async def test_a_changed_tool_description_hides_the_tool_until_accepted(
     async with proxy_session(config) as session:
         first = {t.name for t in (await session.list_tools()).tools}
         second = {t.name for t in (await session.list_tools()).tools}
-        with pytest.raises(MCPError, match="pins.changed"):
+        with pytest.raises(MCPError, match=r"pins\.changed"):
             await session.call_tool("rug__echo", {"text": "x"})
 
         accept = [sys.executable, "-m", "mcp_sandbox_proxy", "pins", "accept"]
-        subprocess.run(
-            [*accept, "--config", str(config), "rug", "echo"],
-            check=True,
-            env=dict(os.environ),
+        await anyio.run_process(
+            [*accept, "--config", str(config), "rug", "echo"], env=dict(os.environ)
         )
         third = {t.name for t in (await session.list_tools()).tools}
         result = await session.call_tool("rug__echo", {"text": "back"})

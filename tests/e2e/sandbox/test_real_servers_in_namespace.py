@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import yaml
 from mcp import MCPError
@@ -57,10 +57,10 @@ async def test_git_server_reads_a_repository_granted_read_only(
     repo.mkdir()
     (repo / "README.md").write_text("hello\n")
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "add", "README.md"], check=True)
-    subprocess.run([*git, "commit", "-qm", "first commit"], check=True)
-    subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(repo)], check=True)
+    await anyio.run_process([*git, "init", "-q"])
+    await anyio.run_process([*git, "add", "README.md"])
+    await anyio.run_process([*git, "commit", "-qm", "first commit"])
+    await anyio.run_process(["chown", "-R", f"{NOBODY}:{NOBODY}", str(repo)])
     config = write_config(
         {
             "git": {
