@@ -192,10 +192,10 @@ class CallGate:
             arguments=arguments,
             redact_names=list(policy.redact_names),
         )
-        raise Denied(
-            f"Denied by policy {policy.name!r} ({rule}): {message}",
-            data={"rule": rule, "policy": policy.name},
-        )
+        if policy.name not in message:
+            message = f"{message} (policy '{policy.name}', {rule})"
+
+        raise Denied(f"Denied: {message}", data={"rule": rule, "policy": policy.name})
 
     async def complete(self, call: Call, response: Message) -> Message:
         """Sanitise the result and record the outcome; returns what the client gets."""

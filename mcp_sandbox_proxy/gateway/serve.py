@@ -10,6 +10,7 @@ import hashlib
 import os
 import signal
 import uuid
+from collections.abc import Iterable
 
 import anyio
 import structlog
@@ -23,6 +24,7 @@ from mcp_sandbox_proxy.gateway.relay import Relay
 from mcp_sandbox_proxy.policy import PolicySet
 from mcp_sandbox_proxy.policy.pins import ToolPins
 from mcp_sandbox_proxy.sandbox.registry import Backends
+from mcp_sandbox_proxy.sandbox.spec import SandboxSpec
 
 log = structlog.get_logger(__name__)
 
@@ -34,13 +36,14 @@ async def serve(
     config: ProxyConfig, policies: PolicySet, *, read_fd: int = 0, write_fd: int = 1
 ) -> int:
     """Serve MCP on the given descriptors until the client goes away."""
+    servers = config.enabled_servers()
+    instances = sandbox_specs(policies, servers)
     instance = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     audit = AuditLog.open(config.proxy.audit, instance=instance)
     backends = Backends(instance=instance)
     front = ClientChannel(read_fd, write_fd)
     pins = ToolPins.for_config(config)
     gate = CallGate(policies, pins, audit, session=instance)
-    servers = config.enabled_servers()
     default_profiles = {name: policies.for_server(name).profile for name in servers}
     relay = Relay(
         front, gate, {n: config.prefix_of(n) for n in servers}, default_profiles
@@ -59,10 +62,8 @@ async def serve(
         async with anyio.create_task_group() as group:
             pool = Pool(group, relay, relay.initialize_params)
             relay.bind(group, pool)
-            for name, server in servers.items():
-                for policy in policies.profiles(name):
-                    spec = policy.sandbox_spec(name, server, os.environ)
-                    pool.add((name, policy.profile), spec, backends.get(policy.backend))
+            for key, spec, backend in instances:
+                pool.add(key, spec, backends.get(backend))
 
             group.start_soon(relay.watch_deadlines)
             group.start_soon(_stop_on_signal, group.cancel_scope)
@@ -80,6 +81,22 @@ async def serve(
         front.close()
 
     return 0
+
+
+def sandbox_specs(
+    policies: PolicySet, servers: Iterable[str]
+) -> list[tuple[tuple[str, str], SandboxSpec, str]]:
+    """Every instance to run: its (server, profile) key, spec and backend name.
+    Built before anything starts, so that a missing variable or secret stops the
+    proxy with its error instead of leaving some servers running."""
+    instances: list[tuple[tuple[str, str], SandboxSpec, str]] = []
+    for name in servers:
+        server = policies.expanded_server(name)
+        for policy in policies.profiles(name):
+            spec = policy.sandbox_spec(name, server, os.environ)
+            instances.append(((name, policy.profile), spec, policy.backend))
+
+    return instances
 
 
 def config_digest(config: ProxyConfig) -> str:

@@ -160,6 +160,20 @@ class PolicySet:
         }
         return {**self.environ, **own}
 
+    def expanded_server(self, server: str) -> ServerConfig:
+        """The server's configuration with ``${NAME}`` in ``args`` and ``cwd``
+        filled from ``variables``, so a folder is named once, in ``vars``."""
+        config = self.server(server)
+        source = self.config.source or Path("configuration")
+        expand = Expander(self.variables(server), source, "set it in vars")
+        where = f"mcpServers.{server}"
+        args = tuple(
+            expand.text(arg, f"{where}.args[{index}]")
+            for index, arg in enumerate(config.args)
+        )
+        cwd = config.cwd and Path(expand.text(str(config.cwd), f"{where}.cwd"))
+        return config.model_copy(update={"args": args, "cwd": cwd})
+
     def _check_arguments(
         self, server: str, tool: str, arguments: object, policy: ResolvedPolicy
     ) -> Violation | None:
