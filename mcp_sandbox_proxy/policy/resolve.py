@@ -97,7 +97,12 @@ class ResolvedPolicy:
         self, server: ServerConfig, environ: Mapping[str, str]
     ) -> dict[str, str]:
         env_policy = self.policy.isolation.env
-        env = {"HOME": SANDBOX_HOME, "PATH": sandbox_path(server.command, environ)}
+        env = {"HOME": SANDBOX_HOME}
+        if self.backend != "docker":
+            # An image brings its own PATH (its ENV); a host sandbox needs one
+            # that leads to the command as the host found it.
+            env["PATH"] = sandbox_path(server.command, environ)
+
         env.update({n: environ[n] for n in env_policy.pass_ if n in environ})
         env.update(env_policy.set_)
         for name, ref in env_policy.secrets.items():
