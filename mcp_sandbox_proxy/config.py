@@ -77,11 +77,18 @@ class AuditConfig(_Strict):
 
 
 class ProxySettings(_Strict):
-    """Settings of the proxy itself, under the ``proxy`` key."""
+    """Settings of the proxy itself, under the ``proxy`` key.
+
+    ``egressHosts`` maps names to addresses for the egress filters, consulted
+    before DNS as a hosts file is: for names only a private network knows.
+    """
 
     policy_paths: tuple[Path, ...] = Field(default=(), alias="policyPaths")
     pin_file: Path | None = Field(default=None, alias="pinFile")
     audit: AuditConfig = AuditConfig()
+    egress_hosts: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict, alias="egressHosts"
+    )
     log_format: Literal["console", "json"] = Field(default="console", alias="logFormat")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", alias="logLevel"

@@ -153,12 +153,20 @@ class ToolPinChanged(CallFields, total=False):
 
 
 class EgressAttempt(SandboxFields, total=False):
-    """A sandbox tried to reach a host over the network."""
+    """A sandbox tried to reach a host through its egress filter."""
 
     host: str
     port: int
+    addresses: list[str]
     decision: str
-    rule: str
+    reason: str
+    rule: str | None
+    bytes_up: int
+    bytes_down: int
+    duration_ms: float
+    protocol: str
+    error: str | None
+    calls: list[dict[str, Any]]
 
 
 class ClientConnected(TypedDict, total=False):

@@ -260,6 +260,32 @@ class CallGate:
 
         return None
 
+    def running_calls(self, server: str, profile: str) -> list[dict[str, Any]]:
+        """The calls in flight in one instance, to tie its connections to them."""
+        return [
+            {"tool": call.tool, "request_id": call.client_id}
+            for call in self._calls.values()
+            if call.server == server and call.profile == profile
+        ]
+
+    async def egress_attempt(
+        self, server: str, profile: str, fields: dict[str, Any]
+    ) -> None:
+        """Record one connection attempt of a sandbox through its egress filter."""
+        log.info(
+            "egress_attempted",
+            server=server,
+            host=fields.get("host"),
+            port=fields.get("port"),
+            decision=fields.get("decision"),
+        )
+        try:
+            await self._write(
+                "egress_attempt", server=server, profile=profile, **fields
+            )
+        except Denied as exc:
+            log.error("audit_record_lost", event_name="egress_attempt", error=str(exc))
+
     async def sandbox_event(self, event: str, link: Downstream, **fields: Any) -> None:
         usage = link.process.resource_usage() if link.process else None
         try:

@@ -17,11 +17,12 @@ import structlog
 
 from mcp_sandbox_proxy.audit import AuditLog
 from mcp_sandbox_proxy.config import ProxyConfig
+from mcp_sandbox_proxy.gateway.egress_links import with_egress
 from mcp_sandbox_proxy.gateway.front import ClientChannel
 from mcp_sandbox_proxy.gateway.gate import CallGate
 from mcp_sandbox_proxy.gateway.pool import Pool
 from mcp_sandbox_proxy.gateway.relay import Relay
-from mcp_sandbox_proxy.policy import PolicySet
+from mcp_sandbox_proxy.policy import PolicySet, ResolvedPolicy
 from mcp_sandbox_proxy.policy.pins import ToolPins
 from mcp_sandbox_proxy.sandbox.registry import Backends
 from mcp_sandbox_proxy.sandbox.spec import SandboxSpec
@@ -59,23 +60,28 @@ async def serve(
 
     pool: Pool | None = None
     try:
-        async with anyio.create_task_group() as group:
-            pool = Pool(group, relay, relay.initialize_params)
-            relay.bind(group, pool)
-            for key, spec, backend in instances:
-                pool.add(key, spec, backends.get(backend))
+        async with anyio.create_task_group() as filters:
+            async with anyio.create_task_group() as group:
+                pool = Pool(group, relay, relay.initialize_params)
+                relay.bind(group, pool)
+                for key, spec, policy in instances:
+                    spec = await with_egress(
+                        filters, key, spec, policy, gate, config.proxy.egress_hosts
+                    )
+                    pool.add(key, spec, backends.get(policy.backend))
 
-            group.start_soon(relay.watch_deadlines)
-            group.start_soon(_stop_on_signal, group.cancel_scope)
-            await front.serve(relay)
-            log.info("client_input_closed")
-            group.cancel_scope.cancel()
+                group.start_soon(relay.watch_deadlines)
+                group.start_soon(_stop_on_signal, group.cancel_scope)
+                await front.serve(relay)
+                log.info("client_input_closed")
+                group.cancel_scope.cancel()
+
+            # The sandboxes stop before their egress filters go.
+            await _shut_down(pool, backends)
+            filters.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_TIMEOUT_S):
-            if pool is not None:
-                await pool.stop_all()
-
-            await backends.aclose()
+            await _shut_down(pool, backends)
             await audit.aclose()
 
         front.close()
@@ -83,18 +89,26 @@ async def serve(
     return 0
 
 
+async def _shut_down(pool: Pool | None, backends: Backends) -> None:
+    with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_TIMEOUT_S):
+        if pool is not None:
+            await pool.stop_all()
+
+        await backends.aclose()
+
+
 def sandbox_specs(
     policies: PolicySet, servers: Iterable[str]
-) -> list[tuple[tuple[str, str], SandboxSpec, str]]:
-    """Every instance to run: its (server, profile) key, spec and backend name.
+) -> list[tuple[tuple[str, str], SandboxSpec, ResolvedPolicy]]:
+    """Every instance to run: its (server, profile) key, spec and policy.
     Built before anything starts, so that a missing variable or secret stops the
     proxy with its error instead of leaving some servers running."""
-    instances: list[tuple[tuple[str, str], SandboxSpec, str]] = []
+    instances: list[tuple[tuple[str, str], SandboxSpec, ResolvedPolicy]] = []
     for name in servers:
         server = policies.expanded_server(name)
         for policy in policies.profiles(name):
             spec = policy.sandbox_spec(name, server, os.environ)
-            instances.append(((name, policy.profile), spec, policy.backend))
+            instances.append(((name, policy.profile), spec, policy))
 
     return instances
 

@@ -12,9 +12,17 @@ import errno
 import json
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from mcp_sandbox_proxy.exceptions import SandboxStartFailed
+from mcp_sandbox_proxy.sandbox.egress_bridge import (
+    BRIDGE_PORT,
+    EGRESS_SOCKET_ENV,
+    SANDBOX_EGRESS_SOCKET,
+    egress_launch,
+    proxy_env,
+)
 from mcp_sandbox_proxy.sandbox.spec import MIB, Limits, Mount, SandboxSpec
 
 # Every label the proxy sets starts with this; it finds its containers by them.
@@ -89,11 +97,11 @@ def container_config(
     return {
         "Image": spec.image,
         # The spec's command replaces whatever the image would run.
-        "Entrypoint": [spec.command],
-        "Cmd": list(spec.args),
+        "Entrypoint": _command_of(spec)[:1],
+        "Cmd": _command_of(spec)[1:],
         "User": f"{spec.uid}:{spec.gid}",
         # The environment is exactly the spec's; nothing of the host's.
-        "Env": [f"{key}={value}" for key, value in spec.env.items()],
+        "Env": [f"{key}={value}" for key, value in _environment_of(spec).items()],
         "WorkingDir": str(spec.cwd) if spec.cwd else "",
         "Labels": dict(labels),
         # Stdio: stdin kept open for the proxy and closed when it lets go.
@@ -130,10 +138,27 @@ def _mounts_of(spec: SandboxSpec) -> list[Mount]:
     mounts = list(spec.mounts)
     socket = spec.network.egress_socket
     if spec.network.mode == "egress" and socket is not None:
-        # The egress filter is reached over its Unix socket, at the same path.
-        mounts.append(Mount(socket, socket, writable=False))
+        # The egress filter is reached over its Unix socket, at a fixed path.
+        mounts.append(Mount(socket, Path(SANDBOX_EGRESS_SOCKET), writable=False))
 
     return mounts
+
+
+def _command_of(spec: SandboxSpec) -> list[str]:
+    """The server's command; with egress, behind the in-sandbox bridge."""
+    command = [spec.command, *spec.args]
+    if spec.network.mode == "egress":
+        return egress_launch(command, BRIDGE_PORT)
+
+    return command
+
+
+def _environment_of(spec: SandboxSpec) -> dict[str, str]:
+    if spec.network.mode != "egress":
+        return dict(spec.env)
+
+    bridge = {**proxy_env(BRIDGE_PORT), EGRESS_SOCKET_ENV: SANDBOX_EGRESS_SOCKET}
+    return {**spec.env, **bridge}
 
 
 def _bind(mount: Mount) -> dict[str, Any]:

@@ -48,6 +48,13 @@ from mcp_sandbox_proxy.sandbox._staging import (
     writable_by,
 )
 from mcp_sandbox_proxy.sandbox.backend import Backend, BackendCheck, ResourceUsage
+from mcp_sandbox_proxy.sandbox.egress_bridge import (
+    BRIDGE_PORT,
+    EGRESS_SOCKET_ENV,
+    SANDBOX_EGRESS_SOCKET,
+    egress_launch,
+    proxy_env,
+)
 from mcp_sandbox_proxy.sandbox.limits import (
     CgroupHost,
     LimitPlan,
@@ -63,7 +70,6 @@ log = structlog.get_logger(__name__)
 
 SANDBOX_HOME = "/tmp"
 SANDBOX_HOSTNAME = "sandbox"
-EGRESS_SOCKET_PATH = "/run/mcp-egress.sock"
 DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
 # Symlinks programs expect in /dev; none of them is a device.
 DEV_LINKS = (
@@ -180,7 +186,7 @@ def _network(spec: SandboxSpec) -> list[str]:
     if spec.network.mode != "egress" or socket is None:
         return []
 
-    return ["--ro-bind", str(socket), EGRESS_SOCKET_PATH]
+    return ["--ro-bind", str(socket), SANDBOX_EGRESS_SOCKET]
 
 
 def _working_directory(spec: SandboxSpec, runtime: Runtime) -> list[str]:
@@ -198,7 +204,8 @@ def _environment(spec: SandboxSpec, runtime: Runtime) -> list[str]:
     """Nothing of the host's: only the spec's variables, with sandbox HOME and PATH."""
     env = {**spec.env, "HOME": SANDBOX_HOME, "PATH": ":".join(runtime.search_path)}
     if spec.network.mode == "egress" and spec.network.egress_socket is not None:
-        env["MCP_EGRESS_SOCKET"] = EGRESS_SOCKET_PATH
+        env.update(proxy_env(BRIDGE_PORT))
+        env[EGRESS_SOCKET_ENV] = SANDBOX_EGRESS_SOCKET
 
     argv = ["--clearenv"]
     for name, value in env.items():
@@ -331,8 +338,14 @@ def _spawn(
         options = b"\0".join(a.encode() for a in bwrap_argv(spec, runtime, fds))
         args_fd = _data_fd(options + b"\0", opened)
         staging = plan_staging(_bind_sources(spec, runtime), spec.uid, spec.gid)
+        command = [str(runtime.executable), *spec.args]
+        if spec.network.mode == "egress":
+            # Wrapped after the runtime was found from the server's own command,
+            # so that the launcher does not hide the server's code from it.
+            command = egress_launch(command, BRIDGE_PORT)
+
         return spawn_piped(
-            [bwrap, "--args", str(args_fd), "--", str(runtime.executable), *spec.args],
+            [bwrap, "--args", str(args_fd), "--", *command],
             env={},
             cwd=Path("/"),
             pass_fds=opened,

@@ -16,6 +16,7 @@ from mcp_sandbox_proxy.sandbox._docker_options import (
     container_config,
     container_name,
 )
+from mcp_sandbox_proxy.sandbox.egress_bridge import SANDBOX_EGRESS_SOCKET
 from mcp_sandbox_proxy.sandbox.seccomp import docker_seccomp_profile
 from mcp_sandbox_proxy.sandbox.spec import (
     MIB,
@@ -149,15 +150,22 @@ def test_granted_folders_are_the_only_binds_read_only_unless_writable(
 
 
 def test_egress_mode_binds_only_the_egress_socket(tmp_path: Path) -> None:
-    """Under egress the network stays none; the filter's socket is bound read-only."""
+    """Under egress the network stays none; the filter's socket is bound read-only
+    at the fixed path, and the server starts behind the in-container bridge."""
     socket = tmp_path / "egress.sock"
     network = NetworkSpec(mode="egress", egress_socket=socket)
-    host = build(spec(network=network))["HostConfig"]
+    config = build(spec(network=network))
+    host = config["HostConfig"]
 
     assert host["NetworkMode"] == "none"
     assert [(m["Source"], m["Target"], m["ReadOnly"]) for m in host["Mounts"]] == [
-        (str(socket), str(socket), True)
+        (str(socket), SANDBOX_EGRESS_SOCKET, True)
     ]
+    assert f"MCP_EGRESS_SOCKET={SANDBOX_EGRESS_SOCKET}" in config["Env"]
+    assert any(
+        item.startswith("HTTPS_PROXY=http://127.0.0.1:") for item in config["Env"]
+    )
+    assert config["Entrypoint"] != [spec().command]
 
 
 def test_the_runtime_is_set_only_when_the_spec_names_one() -> None:
