@@ -47,6 +47,7 @@ TRUSTED_FIELDS = frozenset(
         "policy",
         "policy_digest",
         "port",
+        "profile",
         "queued_ms",
         "request_id",
         "result_bytes",

@@ -153,6 +153,7 @@ class CallGate:
 
         call = Call(client_id, server, tool, policy, admitted_at=time.monotonic())
         call.fields = {
+            "request_id": client_id,
             "server": server,
             "tool": tool,
             "policy": policy.name,

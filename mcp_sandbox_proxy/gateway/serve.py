@@ -44,14 +44,17 @@ async def serve(
     backends = Backends(instance=instance)
     front = ClientChannel(read_fd, write_fd)
     pins = ToolPins.for_config(config)
-    gate = CallGate(policies, pins, audit, session=instance)
+    # One client per proxy process: the client session is named apart from the
+    # instance so that records of one connection can be told from the next.
+    session = uuid.uuid4().hex[:12]
+    gate = CallGate(policies, pins, audit, session=session)
     default_profiles = {name: policies.for_server(name).profile for name in servers}
     relay = Relay(
         front, gate, {n: config.prefix_of(n) for n in servers}, default_profiles
     )
     await audit.write(
         "config_loaded",
-        session=instance,
+        session=session,
         config_path=str(config.source),
         config_digest=config_digest(config),
         servers=sorted(servers),

@@ -138,7 +138,7 @@ def hosts_first_resolver(table: Mapping[str, Sequence[str]]) -> Resolver:
     host's resolver."""
     static = static_resolver(table)
 
-    async def resolve(host: str, port: int) -> list[str]:
+    async def resolve(host: str, port: int) -> Sequence[str]:
         if host in table:
             return await static(host, port)
 
