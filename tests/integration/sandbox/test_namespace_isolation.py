@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from mcp_sandbox_proxy.sandbox._bwrap_host import sandbox_host_uid
-from mcp_sandbox_proxy.sandbox.namespace import EGRESS_SOCKET_PATH, SandboxedProcess
+from mcp_sandbox_proxy.sandbox.egress_bridge import SANDBOX_EGRESS_SOCKET
+from mcp_sandbox_proxy.sandbox.namespace import SandboxedProcess
 from mcp_sandbox_proxy.sandbox.spec import NOBODY_UID, NetworkSpec
 from tests.support.sandbox_client import call, escape_session, escape_spec
 
@@ -136,14 +137,14 @@ async def test_egress_mode_binds_the_egress_socket_only(tmp_path: Path) -> None:
         network = NetworkSpec(mode="egress", egress_socket=path)
         async with escape_session("namespace", network=network) as (session, _):
             announced = await call(session, "getenv", name="MCP_EGRESS_SOCKET")
-            connected = await call(session, "connect_unix", path=EGRESS_SOCKET_PATH)
+            connected = await call(session, "connect_unix", path=SANDBOX_EGRESS_SOCKET)
 
         listener.settimeout(5)
         conn, _ = listener.accept()
         assert conn.recv(64) == b"escaped\n"
         conn.close()
 
-    assert announced["value"] == EGRESS_SOCKET_PATH and connected["ok"]
+    assert announced["value"] == SANDBOX_EGRESS_SOCKET and connected["ok"]
 
 
 PROXY_STAND_IN = """
