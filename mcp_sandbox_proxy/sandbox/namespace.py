@@ -103,9 +103,11 @@ def bwrap_argv(spec: SandboxSpec, runtime: Runtime, fds: LaunchFds) -> list[str]
         *_namespaces(),
         *_identity(spec),
         *_lifetime(),
+        # /proc, /dev and the private /tmp come first: a runtime or a grant that
+        # lives under /tmp (a checkout there, say) is then bound on top of it.
+        *_kernel_files(spec),
         *_runtime_files(runtime),
         *_etc_files(runtime, fds),
-        *_kernel_files(spec),
         *_granted_mounts(spec),
         *_network(spec),
         *_working_directory(spec, runtime),
