@@ -20,4 +20,6 @@ mkdir -p "$MCP_SANDBOX_PROXY_DEMO_DIR"
 if [ "$(id -u)" -eq 0 ]; then chown 65534:65534 "$MCP_SANDBOX_PROXY_DEMO_DIR"; fi
 
 "$venv/bin/python" -m mcp_sandbox_proxy doctor || true
+# Escape probes in the very sandboxes the example gives its servers.
+"$venv/bin/python" -m mcp_sandbox_proxy doctor --self-test --config examples/quickstart.yaml
 "$venv/bin/python" examples/try_it.py examples/quickstart.yaml
