@@ -14,9 +14,14 @@ from mcp_sandbox_proxy.logs import configure_logging
 # Modules under ``mcp_sandbox_proxy.commands``, in the order ``--help`` lists them.
 COMMANDS = ("run", "check", "explain", "audit", "pins", "audit_log", "doctor", "wrap")
 COMMAND_MODULES = {"audit": "policy_audit"}
+# The command names that may stand first on the command line; ``unwrap`` lives
+# in the module of ``wrap``.
+_MODULES = frozenset(COMMANDS)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand, or of ``only`` that one: each subcommand's
+    module imports what it needs, and ``run`` should not pay for the others."""
     parser = argparse.ArgumentParser(
         prog="mcp-sandbox-proxy",
         description="A sandboxing MCP gateway: every tool server isolated, every call"
@@ -26,18 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"%(prog)s {__version__}"
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in COMMANDS:
+    for command in COMMANDS if only is None else (only,):
         module_name = COMMAND_MODULES.get(command, command)
-        try:
-            module = importlib.import_module(
-                f"mcp_sandbox_proxy.commands.{module_name}"
-            )
-        except ModuleNotFoundError as exc:
-            if exc.name != f"mcp_sandbox_proxy.commands.{module_name}":
-                raise
-
-            continue
-
+        module = importlib.import_module(f"mcp_sandbox_proxy.commands.{module_name}")
         module.register(subparsers)
 
     return parser
@@ -46,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; errors meant for the user end in exit status 2."""
     configure_logging()
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = argv[0].replace("-", "_") if argv else ""
+    args = build_parser(first if first in _MODULES else None).parse_args(argv)
     try:
         return int(args.handler(args))
     except ProxyError as exc:
