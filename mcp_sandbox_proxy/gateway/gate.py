@@ -83,6 +83,7 @@ class CallGate:
         self._session = session
         self._client = ""
         self._calls: dict[RequestId, Call] = {}
+        self._running: dict[int, Downstream] = {}
 
     @property
     def writes_without_waiting(self) -> bool:
@@ -287,7 +288,18 @@ class CallGate:
         except Denied as exc:
             log.error("audit_record_lost", event_name="egress_attempt", error=str(exc))
 
+    async def sandboxes_stopped(self) -> None:
+        """Record the exit of every sandbox still running when the proxy stops
+        (their own exit handling is cancelled with the relay)."""
+        for link in list(self._running.values()):
+            await self.sandbox_event("sandbox_exited", link, reason="proxy stopped")
+
     async def sandbox_event(self, event: str, link: Downstream, **fields: Any) -> None:
+        if event == "sandbox_started":
+            self._running[id(link)] = link
+        else:
+            self._running.pop(id(link), None)
+
         usage = link.process.resource_usage() if link.process else None
         try:
             await self._write(

@@ -80,11 +80,11 @@ async def serve(
                 group.cancel_scope.cancel()
 
             # The sandboxes stop before their egress filters go.
-            await _shut_down(pool, backends)
+            await _shut_down(pool, backends, gate)
             filters.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_TIMEOUT_S):
-            await _shut_down(pool, backends)
+            await _shut_down(pool, backends, gate)
             await audit.aclose()
 
         front.close()
@@ -92,10 +92,11 @@ async def serve(
     return 0
 
 
-async def _shut_down(pool: Pool | None, backends: Backends) -> None:
+async def _shut_down(pool: Pool | None, backends: Backends, gate: CallGate) -> None:
     with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_TIMEOUT_S):
         if pool is not None:
             await pool.stop_all()
+            await gate.sandboxes_stopped()
 
         await backends.aclose()
 
