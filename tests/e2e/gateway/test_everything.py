@@ -280,3 +280,21 @@ async def test_subscriptions_deliver_resource_updates(config: Path) -> None:
         await session.call_tool(PREFIX + "toggle-subscriber-updates", {})
 
     assert uri in uris
+
+
+@pytest.mark.anyio
+async def test_a_task_only_tool_answers_as_it_does_directly(
+    config: Path, everything_server: Path
+) -> None:
+    """simulate-research-query needs task augmentation, which the proxy does not
+    offer (it advertises no tasks capability): the tool's own refusal comes back
+    exactly as a direct connection gets it."""
+    arguments = {"topic": "sandboxes"}
+    async with direct_session(str(everything_server)) as direct:
+        want = await direct.call_tool("simulate-research-query", arguments)
+
+    async with proxy_session(config) as session:
+        got = await session.call_tool(PREFIX + "simulate-research-query", arguments)
+
+    assert got.is_error and want.is_error
+    assert got.content == want.content
