@@ -41,6 +41,7 @@ import anyio
 import pytest
 
 from mcp_sandbox_proxy.policy.models import Network
+from mcp_sandbox_proxy.sandbox.docker import DockerBackend
 from mcp_sandbox_proxy.sandbox.egress import (
     EgressAttempt,
     EgressFilter,
@@ -590,6 +591,41 @@ async def test_the_namespace_backend_gives_the_same_guarantee(
 
     assert status == 0
     _assert_only_the_bridge_leads_out(json.loads(output), audit, test_hosts["web.test"])
+
+
+@pytest.mark.docker
+async def test_the_docker_backend_gives_the_same_guarantee(
+    test_hosts: dict[str, NetHost],
+) -> None:
+    """The project's docker backend, given only the egress socket, binds it in,
+    starts the bridge with the image's own python and sets the proxy variables:
+    the same probe sees the same as in the namespace sandbox."""
+    web = test_hosts["web.test"]
+    _docker(Path("/"), PYTHON_IMAGE, ["true"])  # fails or skips without the image
+    audit = Audit()
+    egress = _filter(audit, ["web.test:8080"], _names(test_hosts), private=True)
+    backend = DockerBackend(instance=f"egress-test-{os.getpid()}")
+    try:
+        async with serving(egress) as path:
+            argv = _probe_argv(web, python="python3")
+            spec = SandboxSpec(
+                name="egress-probe",
+                command=argv[0],
+                args=tuple(argv[1:]),
+                network=NetworkSpec("egress", path),
+                image=PYTHON_IMAGE,
+            )
+            with anyio.fail_after(PROBE_TIMEOUT_S):
+                process = await backend.start(spec)
+                output = b"".join([chunk async for chunk in _chunks(process.receive)])
+                status = await process.wait()
+
+            await audit.settle(5)
+    finally:
+        await backend.aclose()
+
+    assert status == 0
+    _assert_only_the_bridge_leads_out(json.loads(output), audit, web)
 
 
 async def _chunks(
