@@ -1,17 +1,20 @@
 """The link to one running instance of a tool server.
 
 A ``Downstream`` owns one sandboxed process: it frames and decodes what the server
-writes, answers the proxy's own requests to it, keeps the table of requests in
-flight with the ids the server knows them by, and drains stderr into a bounded tail
-kept for error messages. It knows routing and policy only through its handler.
+writes (within its policy's size bound), answers the proxy's own requests to it,
+keeps the table of requests in flight with the ids the server knows them by,
+drains stderr into a bounded tail kept for error messages, and stops a server
+that no longer serves after being told to cancel. It knows routing and policy only
+through its handler.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,14 +32,28 @@ log = structlog.get_logger(__name__)
 # Stderr kept per server for error messages; older output is dropped.
 STDERR_TAIL_BYTES = 8 * 1024
 STDERR_TAIL_LINES = 20
+# Error messages quote this much of the tail: enough for a traceback's last lines.
+STDERR_QUOTE_CHARS = 500
 # A server that floods stderr is still logged, at most this many lines a second
 # (the rest are kept in the tail only).
 STDERR_LOG_LINES_PER_S = 50
-# A server whose stdout ended has this long to exit before it is stopped; calls in
-# flight are failed right after, well within a second.
+# A server whose stdout ended has this long to exit, and its stderr this long to
+# end after that, before calls in flight are failed: well within a second.
 EXIT_AFTER_EOF_S = 0.5
-# Undecodable stdout lines logged per server before they are only counted.
+STDERR_SETTLE_S = 0.1
+# Undecodable stdout lines and unmatched responses logged per server before they
+# are only counted.
 GARBAGE_LOG_LIMIT = 5
+# A server told to cancel a request has this long to take the notice and answer a
+# ping; one that does not is stuck (in the cancelled work, most likely) and is
+# stopped, so that its pool restarts it.
+CANCEL_GRACE_S = 2.0
+# Requests a server sends the client wait this long for the client's answer,
+# unless the server's policy bounds its calls more tightly.
+CLIENT_ANSWER_TIMEOUT_S = 120.0
+
+# Control characters are removed from stderr before it is quoted to the client.
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 class DownstreamHandler(Protocol):
@@ -50,6 +67,14 @@ class DownstreamHandler(Protocol):
 
 
 ResponseCallback = Callable[[Message], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class InstanceBounds:
+    """What the server's policy bounds for each of its instances."""
+
+    max_message_bytes: int = jsonrpc.MAX_MESSAGE_BYTES
+    client_answer_timeout_s: float = CLIENT_ANSWER_TIMEOUT_S
 
 
 @dataclass
@@ -96,11 +121,13 @@ class Downstream:
         spec: SandboxSpec,
         backend: Backend,
         handler: DownstreamHandler,
+        bounds: InstanceBounds | None = None,
     ) -> None:
         self.server = server
         self.profile = profile
         self.spec = spec
         self.backend = backend
+        self.bounds = bounds or InstanceBounds()
         self.process: SandboxProcess | None = None
         self.pending: dict[int, Pending] = {}
         self.initialize_result: Message | None = None
@@ -108,11 +135,14 @@ class Downstream:
         self.ready = anyio.Event()
         self.closed = False
         self.garbage_lines = 0
+        self.unmatched_responses = 0
+        self.exit_reason = ""
         self._handler = handler
         self._ids = itertools.count(1)
-        self._splitter = jsonrpc.LineSplitter()
+        self._splitter = jsonrpc.LineSplitter(self.bounds.max_message_bytes)
+        self._stderr_done = anyio.Event()
         self._exit_reason = ""
-        self.exit_reason = ""
+        self._probing = False
 
     @property
     def capabilities(self) -> dict[str, Any]:
@@ -142,28 +172,46 @@ class Downstream:
             with anyio.move_on_after(EXIT_AFTER_EOF_S, shield=True):
                 await process.wait()
 
+            with anyio.move_on_after(STDERR_SETTLE_S, shield=True):
+                await self._stderr_done.wait()
+
+            await self._fail_pending(self.with_stderr(self._reason(process)))
             if process.returncode is None:
                 await process.stop()
 
             group.cancel_scope.cancel()
 
         process.close()
-        reason = self._exit_reason or f"server exited with status {process.returncode}"
-        tail = self.stderr.text().strip()
-        self.exit_reason = f"{reason}; stderr: {tail[-500:]}" if tail else reason
-        await self._fail_pending(reason)
+        reason = self._reason(process)
+        self.exit_reason = self.with_stderr(reason)
         await self._handler.on_server_exit(self, reason)
+
+    def _reason(self, process: SandboxProcess) -> str:
+        if self._exit_reason:
+            return self._exit_reason
+
+        if process.returncode is None:
+            return "server closed its output"
+
+        return f"server exited with status {process.returncode}"
+
+    def with_stderr(self, reason: str) -> str:
+        """``reason`` followed by the end of the server's stderr, if it wrote any."""
+        tail = self.stderr.text().strip()[-STDERR_QUOTE_CHARS:]
+        tail = _CONTROL_CHARS.sub("", tail)
+        return f"{reason}; stderr: {tail}" if tail else reason
 
     async def _read_stdout(self, process: SandboxProcess) -> None:
         while chunk := await process.receive():
             for line in self._splitter.feed(chunk):
                 if isinstance(line, jsonrpc.FrameTooLarge):
-                    self._exit_reason = (
-                        "server sent a message over"
-                        f" {jsonrpc.MAX_MESSAGE_BYTES} bytes and was stopped"
+                    limit = self._splitter.max_bytes
+                    log.error(
+                        "server_message_too_large", server=self.server, limit=limit
                     )
-                    log.error("server_message_too_large", server=self.server)
-                    await process.stop()
+                    await self.stop(
+                        f"server sent a message over {limit} bytes and was stopped"
+                    )
                     return
 
                 if line.strip():
@@ -173,34 +221,62 @@ class Downstream:
         try:
             message = jsonrpc.decode(line)
         except jsonrpc.DecodeError as exc:
-            self.garbage_lines += 1
-            if self.garbage_lines <= GARBAGE_LOG_LIMIT:
-                log.warning(
-                    "server_output_ignored",
-                    server=self.server,
-                    reason=str(exc),
-                    sample=line[:120].decode(errors="replace"),
-                )
-
+            self._ignore(str(exc), line)
             return
 
-        if jsonrpc.is_response(message):
-            await self._on_response(message)
-        elif "method" in message:
-            await self._handler.on_server_message(self, message)
-        else:
-            self.garbage_lines += 1
+        try:
+            if "method" not in message:
+                await self._on_response(message, line)
+            elif _well_formed(message):
+                await self._handler.on_server_message(self, message)
+            else:
+                self._ignore("method is not a string or params not an object", line)
+        except Exception:
+            # A bug must cost one message, never the link: log its traceback.
+            log.exception("server_message_failed", server=self.server)
 
-    async def _on_response(self, message: Message) -> None:
+    def _ignore(self, reason: str, line: bytes) -> None:
+        self.garbage_lines += 1
+        if self.garbage_lines <= GARBAGE_LOG_LIMIT:
+            log.warning(
+                "server_output_ignored",
+                server=self.server,
+                reason=reason,
+                sample=line[:120].decode(errors="replace"),
+            )
+
+    async def _on_response(self, message: Message, line: bytes) -> None:
+        if not jsonrpc.is_response(message):
+            self._ignore("neither a request, a notification nor a response", line)
+            return
+
         request_id = message.get("id")
         pending = (
-            self.pending.pop(request_id, None) if isinstance(request_id, int) else None
+            self.pending.pop(request_id, None) if type(request_id) is int else None
         )
         if pending is None:
-            log.warning("server_response_unmatched", server=self.server, id=request_id)
+            self._unmatched(request_id)
             return
 
+        problem = jsonrpc.response_problem(message)
+        if problem is not None:
+            log.warning("server_response_invalid", server=self.server, problem=problem)
+            message = jsonrpc.error_response(
+                request_id,
+                jsonrpc.INTERNAL_ERROR,
+                f"server {self.server!r} answered {pending.method} wrongly: {problem}",
+            )
+
         await pending.deliver(message)
+
+    def _unmatched(self, request_id: Any) -> None:
+        """Count (and log the first few) responses to unknown ids, duplicates and
+        late answers to cancelled requests."""
+        self.unmatched_responses += 1
+        if self.unmatched_responses <= GARBAGE_LOG_LIMIT:
+            log.warning(
+                "server_response_unmatched", server=self.server, id=str(request_id)[:40]
+            )
 
     async def _drain_stderr(self, process: SandboxProcess) -> None:
         budget, window = STDERR_LOG_LINES_PER_S, time.monotonic()
@@ -214,6 +290,8 @@ class Downstream:
                     budget -= 1
                     log.info("server_stderr", server=self.server, line=line[:500])
 
+        self._stderr_done.set()
+
     async def send(self, message: Message) -> None:
         """Write one message to the server; raises ``DownstreamError``."""
         if self.process is None or self.closed:
@@ -225,10 +303,18 @@ class Downstream:
             raise DownstreamError(f"server {self.server!r} closed its input") from exc
 
     async def send_request(
-        self, message: Message, pending: Pending, *, timeout_s: float | None = None
+        self,
+        message: Message,
+        pending: Pending,
+        *,
+        timeout_s: float | None = None,
+        request_id: int | None = None,
     ) -> int:
-        """Send a request under a fresh id; ``pending.deliver`` gets the response."""
-        request_id = self.next_id()
+        """Send a request under a fresh id (or ``request_id``, taken from
+        ``next_id``); ``pending.deliver`` gets the response."""
+        if request_id is None:
+            request_id = self.next_id()
+
         if timeout_s is not None:
             pending.deadline = time.monotonic() + timeout_s
 
@@ -271,6 +357,45 @@ class Downstream:
 
         return response.get("result")
 
+    async def cancel(self, request_ids: Sequence[int], reason: str) -> None:
+        """Send ``notifications/cancelled`` for ``request_ids``, then check that
+        the server still serves: one that does not take the notices and answer a
+        ping within ``CANCEL_GRACE_S`` is stopped (its pool restarts it)."""
+        with anyio.move_on_after(CANCEL_GRACE_S) as scope:
+            try:
+                for request_id in request_ids:
+                    await self.send(_cancelled(request_id, reason))
+
+                if not self._probing:
+                    self._probing = True
+                    try:
+                        await self._ping()
+                    finally:
+                        self._probing = False
+            except DownstreamError:
+                return  # gone already: its pool takes it from here
+
+        if scope.cancelled_caught and not self.closed:
+            log.warning("server_stuck_after_cancel", server=self.server)
+            await self.stop(
+                f"server did not answer a ping within {CANCEL_GRACE_S:g} s of a"
+                " cancellation and was stopped"
+            )
+
+    async def _ping(self) -> None:
+        """Return once the server answers a ping; any answer shows it serves."""
+        answered = anyio.Event()
+
+        async def deliver(_: Message) -> None:
+            answered.set()
+
+        message: Message = {"jsonrpc": "2.0", "method": "ping"}
+        request_id = await self.send_request(message, Pending("ping", deliver))
+        try:
+            await answered.wait()
+        finally:
+            self.pending.pop(request_id, None)
+
     async def _fail_pending(self, reason: str) -> None:
         pending, self.pending = self.pending, {}
         for request_id, entry in pending.items():
@@ -289,11 +414,33 @@ class Downstream:
 
         return expired
 
-    async def stop(self) -> None:
-        """Stop the process, bounded; safe to call more than once."""
+    async def stop(self, reason: str | None = None) -> None:
+        """Stop the process, bounded; safe to call more than once. With a
+        ``reason``, requests in flight are failed with it at once."""
         self.closed = True
+        if reason is not None:
+            self._exit_reason = self._exit_reason or reason
+            await self._fail_pending(self.with_stderr(reason))
+
         if self.process is not None:
             try:
                 await self.process.stop()
             except SandboxError as exc:
                 log.error("sandbox_stop_failed", server=self.server, error=str(exc))
+
+
+def _well_formed(message: Message) -> bool:
+    """A request or notification the relay can read: JSON-RPC wants a string
+    method, MCP wants params to be an object."""
+    params = message.get("params")
+    return isinstance(message["method"], str) and (
+        params is None or isinstance(params, dict)
+    )
+
+
+def _cancelled(request_id: int, reason: str) -> Message:
+    return {
+        "jsonrpc": "2.0",
+        "method": "notifications/cancelled",
+        "params": {"requestId": request_id, "reason": reason},
+    }

@@ -1,7 +1,8 @@
 """The client-facing channel: the proxy's own stdin and stdout.
 
 stdout carries nothing but MCP messages. Input that is not a JSON-RPC message is
-answered with the error the protocol prescribes and the channel keeps serving.
+answered with the error the protocol prescribes and the channel keeps serving; no
+message, however malformed, ends it.
 """
 
 from __future__ import annotations
@@ -97,7 +98,22 @@ class ClientChannel:
             )
             return
 
-        await handler.on_client_message(message)
+        await self._hand_over(message, handler)
+
+    async def _hand_over(self, message: Message, handler: ClientHandler) -> None:
+        try:
+            await handler.on_client_message(message)
+        except Exception as exc:
+            # A bug must cost one message, never the connection: log it, and
+            # answer a request so that its caller does not wait forever.
+            log.exception("client_message_failed")
+            if jsonrpc.is_request(message):
+                error = jsonrpc.error_response(
+                    message["id"],
+                    jsonrpc.INTERNAL_ERROR,
+                    f"Internal error: {type(exc).__name__}",
+                )
+                await self.send(error)
 
     def close(self) -> None:
         for fd in (self._read_fd, self._write_fd):

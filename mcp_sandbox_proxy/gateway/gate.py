@@ -9,6 +9,7 @@ the relay, which turns it into the JSON-RPC error the client sees.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -208,10 +209,7 @@ class CallGate:
             result = sanitize_result(result, call.policy)  # type: ignore[arg-type]
             response = {**response, "result": result}
 
-        body = orjson.dumps(
-            result if result is not None else response.get("error"),
-            option=orjson.OPT_SORT_KEYS,
-        )
+        body = _canonical(result if result is not None else response.get("error"))
         is_error = (
             "error" in response or jsonrpc.as_object(result).get("isError") is True
         )
@@ -328,6 +326,15 @@ class CallGate:
                 f"the audit log cannot be written, so no call may run: {exc}",
                 code=jsonrpc.AUDIT_UNAVAILABLE,
             ) from exc
+
+
+def _canonical(value: Any) -> bytes:
+    """Stable bytes of a result, for its digest in the audit record."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        # Text orjson refuses (lone surrogates, huge integers) still gets a digest.
+        return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _ms(seconds: float) -> float:

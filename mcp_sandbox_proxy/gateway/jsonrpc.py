@@ -39,7 +39,7 @@ MAX_NESTING = 200
 
 
 class FrameTooLarge(Exception):
-    """A line grew past ``MAX_MESSAGE_BYTES`` before its end was seen."""
+    """A line grew past the splitter's bound before its end was seen."""
 
 
 class LineSplitter:
@@ -50,7 +50,7 @@ class LineSplitter:
     """
 
     def __init__(self, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
-        self._max_bytes = max_bytes
+        self.max_bytes = max_bytes
         self._buffer = bytearray()
         self._discarding = False
 
@@ -64,8 +64,8 @@ class LineSplitter:
                 self._buffer += data[start:end]
                 line = bytes(self._buffer)
                 self._buffer.clear()
-                yield line if len(line) <= self._max_bytes else FrameTooLarge()
-            elif end - start <= self._max_bytes:
+                yield line if len(line) <= self.max_bytes else FrameTooLarge()
+            elif end - start <= self.max_bytes:
                 yield data[start:end]
             else:
                 yield FrameTooLarge()
@@ -74,7 +74,7 @@ class LineSplitter:
 
         if not self._discarding and start < len(data):
             self._buffer += data[start:]
-            if len(self._buffer) > self._max_bytes:
+            if len(self._buffer) > self.max_bytes:
                 self._buffer.clear()
                 self._discarding = True
                 yield FrameTooLarge()
@@ -97,12 +97,15 @@ def decode(line: bytes) -> Message:
     try:
         value = orjson.loads(line)
     except orjson.JSONDecodeError:
-        # orjson refuses integers past 64 bits, which JSON allows: give such a
+        # orjson refuses lone surrogate escapes, which JSON allows: give such a
         # message a second chance with the standard decoder.
-        try:
-            value = json.loads(line)
-        except (ValueError, RecursionError) as exc:
-            raise DecodeError(PARSE_ERROR, f"Parse error: {exc}", None) from exc
+        value = _decode_slowly(line)
+    else:
+        # orjson reads integers past 64 bits as floats: an id must come back
+        # exactly as it was sent. (Elsewhere in a message such integers lose
+        # precision; finding them would cost a scan of every message.)
+        if isinstance(value, dict) and type(value.get("id")) is float:  # type: ignore[union-attr]
+            value = _decode_slowly(line)
 
     if not isinstance(value, dict):
         kind = "a batch" if isinstance(value, list) else "not an object"
@@ -117,10 +120,26 @@ def decode(line: bytes) -> Message:
     return message
 
 
+def _decode_slowly(line: bytes) -> Any:
+    """The standard decoder, told to refuse NaN and Infinity as JSON does."""
+    try:
+        return json.loads(line, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise DecodeError(PARSE_ERROR, f"Parse error: {exc}", None) from exc
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _id_of(message: Message) -> RequestId | None:
-    request_id = message.get("id")
-    if isinstance(request_id, str | int) and not isinstance(request_id, bool):
-        return request_id
+    return as_request_id(message.get("id"))
+
+
+def as_request_id(value: Any) -> RequestId | None:
+    """``value`` if it can be a JSON-RPC id (a string or an integer), else None."""
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        return value
 
     return None
 
@@ -158,11 +177,9 @@ def encode(message: Message) -> bytes:
     try:
         return orjson.dumps(message, option=orjson.OPT_APPEND_NEWLINE)
     except TypeError:
-        # Integers past 64 bits, passed on from a message that had them.
-        return (
-            json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
-            + b"\n"
-        )
+        # Integers past 64 bits or lone surrogates, passed on from a message that
+        # had them: escaped to ASCII, the surrogates stay as they came.
+        return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
 def error_response(
@@ -204,3 +221,27 @@ def is_response(message: Message) -> bool:
 def valid_id(message: Message) -> RequestId | None:
     """The message's id if it is a JSON-RPC id (string or integer), else None."""
     return _id_of(message)
+
+
+def response_problem(message: Message) -> str | None:
+    """What makes a response unfit to pass on, or None: MCP results are objects,
+    and an error needs an integer code and a message."""
+    if "result" in message:
+        if "error" in message:
+            return "it has both a result and an error"
+
+        return (
+            None
+            if isinstance(message["result"], dict)
+            else "its result is not an object"
+        )
+
+    error = message.get("error")
+    if (
+        not isinstance(error, dict)
+        or type(error.get("code")) is not int  # type: ignore[union-attr]
+        or not isinstance(error.get("message"), str)  # type: ignore[union-attr]
+    ):
+        return "its error lacks an integer code or a message"
+
+    return None

@@ -4,6 +4,10 @@ The relay answers what belongs to the connection itself (``initialize``, ``ping`
 ``logging/setLevel``), fans list requests out to every server, routes each call to
 the instance its tool's policy maps to, and maps request ids and progress tokens
 both ways. Anything it does not need to understand is passed on as it came.
+
+Every table it keeps is bounded: requests in flight each way have a cap and a
+deadline, and an entry goes when its request is answered, cancelled, expired or
+its server exits.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from mcp_sandbox_proxy.gateway.cursors import (
     decode_cursor,
     encode_cursor,
 )
-from mcp_sandbox_proxy.gateway.downstream import Downstream, Pending
+from mcp_sandbox_proxy.gateway.downstream import CANCEL_GRACE_S, Downstream, Pending
 from mcp_sandbox_proxy.gateway.front import ClientChannel
 from mcp_sandbox_proxy.gateway.gate import CallGate, Denied
 from mcp_sandbox_proxy.gateway.jsonrpc import Message, RequestId
@@ -46,6 +50,12 @@ DEADLINE_TICK_S = 0.1
 # Notifications one server may send per second (a burst may borrow a second's
 # worth); the excess is dropped and counted.
 NOTIFICATIONS_PER_S = 500
+# Requests of the client in flight at once; past this, new ones are refused, which
+# bounds what a client that never waits for its answers can make the proxy hold.
+MAX_CLIENT_REQUESTS = 1024
+# Requests one server may have waiting for the client's answer at once; past this,
+# the server's new requests are refused.
+MAX_SERVER_REQUESTS = 32
 
 LIST_KINDS = {
     "tools/list": ("tools", "tools"),
@@ -69,6 +79,18 @@ class ServerRequestRoute:
 
     link: Downstream
     server_id: RequestId
+    method: str
+    deadline: float
+    token: int | None = None
+
+
+@dataclass
+class InFlight:
+    """A client request forwarded to a server, and what it holds in the tables."""
+
+    link: Downstream
+    down_id: int
+    token: int | None
 
 
 class RateBucket:
@@ -115,18 +137,27 @@ class Relay:
         self.client_init: Message | None = None
         self.protocol_version = HANDSHAKE_VERSIONS[-1]
         self._ids = itertools.count(1)
-        self._inflight: dict[RequestId, tuple[Downstream, int]] = {}
+        # Client requests being handled, and those of them cancelled before
+        # they were forwarded; then the forwarded ones.
+        self._handling: set[RequestId] = set()
         self._cancelled: set[RequestId] = set()
+        self._inflight: dict[RequestId, InFlight] = {}
         self._progress: dict[int, ProgressRoute] = {}
         self._server_requests: dict[int, ServerRequestRoute] = {}
-        self._client_progress: dict[Any, Downstream] = {}
-        self._buckets: dict[int, RateBucket] = {}
+        self._client_progress: dict[int, tuple[Downstream, Any]] = {}
+        self._buckets: dict[Downstream, RateBucket] = {}
         self._group: anyio.abc.TaskGroup | None = None
 
     # -- client to servers -------------------------------------------------------
 
     async def on_client_message(self, message: Message) -> None:
         if jsonrpc.is_request(message):
+            refusal = self._request_refusal(message["id"])
+            if refusal is not None:
+                await self._reply_error(message, jsonrpc.INVALID_REQUEST, refusal)
+                return
+
+            self._handling.add(message["id"])
             if message["method"] == "tools/call" and self._can_call_inline(message):
                 await self._handle_request(message)
             else:
@@ -145,6 +176,18 @@ class Relay:
                 )
             )
 
+    def _request_refusal(self, request_id: RequestId) -> str | None:
+        if request_id in self._handling or request_id in self._inflight:
+            return "Invalid Request: a request with this id is in flight already"
+
+        if len(self._handling) + len(self._inflight) >= MAX_CLIENT_REQUESTS:
+            return (
+                f"Invalid Request: {MAX_CLIENT_REQUESTS} requests are in flight"
+                " already; wait for their answers"
+            )
+
+        return None
+
     def _can_call_inline(self, message: Message) -> bool:
         """Whether a call can be relayed without making the reader wait: its
         instance is up and the audit log does not wait for the disk."""
@@ -155,12 +198,8 @@ class Relay:
         origin = (
             self.tools.resolve(name, self.prefixes) if isinstance(name, str) else None
         )
-        return origin is not None and self._is_ready(origin.server)
-
-    def _is_ready(self, server: str) -> bool:
         assert self.pool is not None
-        state = self.pool.state((server, self.default_profiles.get(server, "")))
-        return state is not None and state.ready.is_set() and state.failed is None
+        return origin is not None and self.pool.server_ready(origin.server)
 
     async def _handle_request(self, message: Message) -> None:
         method: str = message["method"]
@@ -186,6 +225,9 @@ class Relay:
             await self._reply_error(
                 message, jsonrpc.INTERNAL_ERROR, f"Internal error: {type(exc).__name__}"
             )
+        finally:
+            self._handling.discard(message["id"])
+            self._cancelled.discard(message["id"])
 
     def _request_handlers(self) -> dict[str, Callable[[Message], Awaitable[None]]]:
         return {
@@ -251,10 +293,18 @@ class Relay:
         assert self.pool is not None
         links: list[Downstream] = []
         for server, profile in self.default_profiles.items():
-            try:
-                links.append(await self.pool.get((server, profile)))
-            except DownstreamError as exc:
-                log.error("server_left_out", server=server, reason=str(exc))
+            # A server whose first start failed is left out, not waited for: it
+            # joins with a list_changed once a restart brings it up.
+            await self.pool.settle((server, profile))
+            link = self.pool.ready_link((server, profile))
+            if link is None:
+                log.error(
+                    "server_left_out",
+                    server=server,
+                    reason=self.pool.why(server, profile),
+                )
+            else:
+                links.append(link)
 
         return links
 
@@ -440,14 +490,21 @@ class Relay:
             return
 
         call = await self.gate.admit(message["id"], origin.server, origin.name, params)
-        assert self.pool is not None
-        link = await self.pool.get((origin.server, call.profile))
         outgoing = {**message, "params": {**params, "name": origin.name}}
 
         async def finish(response: Message) -> Message:
             return await self.gate.complete(call, response)
 
-        await self._forward(link, outgoing, finish, call.timeout_s)
+        assert self.pool is not None
+        try:
+            # The call's deadline bounds the wait for a restarting server too.
+            link = await self.pool.get((origin.server, call.profile), call.timeout_s)
+            await self._forward(link, outgoing, finish, call.timeout_s)
+        except DownstreamError as exc:
+            error = jsonrpc.error_response(
+                message["id"], jsonrpc.SERVER_UNAVAILABLE, str(exc)
+            )
+            await self.front.send(await self._finished(error, finish))
 
     async def _get_prompt(self, message: Message) -> None:
         params = _params(message)
@@ -522,25 +579,57 @@ class Relay:
     ) -> None:
         client_id: RequestId = message["id"]
         if client_id in self._cancelled:
-            self._cancelled.discard(client_id)
+            await self._record_cancelled(client_id)
             return
 
         outgoing, token = self._map_progress(link, message)
 
         async def deliver(response: Message) -> None:
-            self._inflight.pop(client_id, None)
-            if token is not None:
-                self._progress.pop(token, None)
-
+            self._release(client_id, token)
             response = {**response, "id": client_id}
-            if finish is not None:
-                response = await finish(response)
+            await self.front.send(await self._finished(response, finish))
 
-            await self.front.send(response)
-
+        # The route is in the table before the request leaves: its answer may
+        # come back before ``send_request`` returns.
+        down_id = link.next_id()
+        self._inflight[client_id] = InFlight(link, down_id, token)
         pending = Pending(message["method"], deliver, client_id=client_id)
-        down_id = await link.send_request(outgoing, pending, timeout_s=timeout_s)
-        self._inflight[client_id] = (link, down_id)
+        try:
+            await link.send_request(
+                outgoing, pending, timeout_s=timeout_s, request_id=down_id
+            )
+        except DownstreamError:
+            self._release(client_id, token)
+            raise
+
+    def _release(self, client_id: RequestId, token: int | None) -> None:
+        """Drop what a forwarded request held in the tables."""
+        self._inflight.pop(client_id, None)
+        if token is not None:
+            self._progress.pop(token, None)
+
+    async def _finished(
+        self, response: Message, finish: Callable[[Message], Awaitable[Message]] | None
+    ) -> Message:
+        """``response`` through ``finish``; a refusal there becomes the answer."""
+        if finish is None:
+            return response
+
+        try:
+            return await finish(response)
+        except Denied as exc:
+            return jsonrpc.error_response(
+                response.get("id"), exc.code, str(exc), exc.data
+            )
+        except Exception as exc:
+            # A bug in an interceptor must cost this answer, not the call: the
+            # client hears of it rather than waiting forever.
+            log.exception("response_finish_failed")
+            return jsonrpc.error_response(
+                response.get("id"),
+                jsonrpc.INTERNAL_ERROR,
+                f"Internal error: {type(exc).__name__}",
+            )
 
     def _map_progress(
         self, link: Downstream, message: Message
@@ -564,43 +653,62 @@ class Relay:
             return
 
         if method == "notifications/cancelled":
-            await self._client_cancelled(message, params)
+            await self._client_cancelled(params)
         elif method == "notifications/progress":
-            link = self._client_progress.get(params.get("progressToken"))
-            if link is not None:
-                await self._send_safely(link, message)
+            token = params.get("progressToken")
+            route = self._client_progress.get(token) if type(token) is int else None
+            if route is not None:
+                link, server_token = route
+                params = {**params, "progressToken": server_token}
+                await self._send_safely(link, {**message, "params": params})
         else:
             for link in self._all_links():
                 await self._send_safely(link, message)
 
-    async def _client_cancelled(self, message: Message, params: Message) -> None:
-        request_id = params.get("requestId")
-        route = self._inflight.pop(request_id, None) if request_id is not None else None
+    async def _client_cancelled(self, params: Message) -> None:
+        request_id = jsonrpc.as_request_id(params.get("requestId"))
+        if request_id is None:
+            return
+
+        route = self._inflight.pop(request_id, None)
         if route is None:
-            if isinstance(request_id, str | int):
+            # Not forwarded yet: remembered until its handler forwards it. Ids
+            # of no request in flight are ignored, as the protocol says.
+            if request_id in self._handling:
                 self._cancelled.add(request_id)
 
             return
 
-        link, down_id = route
-        pending = link.pending.pop(down_id, None)
-        if pending is not None:
-            await self.gate.cancelled(pending.client_id)
+        if route.token is not None:
+            self._progress.pop(route.token, None)
 
-        outgoing = {**message, "params": {**params, "requestId": down_id}}
-        await self._send_safely(link, outgoing)
+        pending = route.link.pending.pop(route.down_id, None)
+        if pending is not None:
+            await self._record_cancelled(pending.client_id)
+
+        reason = params.get("reason")
+        reason = reason if isinstance(reason, str) else "cancelled by the client"
+        assert self._group is not None
+        self._group.start_soon(route.link.cancel, [route.down_id], reason)
+
+    async def _record_cancelled(self, client_id: RequestId | None) -> None:
+        try:
+            await self.gate.cancelled(client_id)
+        except Denied as exc:
+            log.error("audit_record_lost", event_name="call_outcome", error=str(exc))
 
     async def _handle_client_response(self, message: Message) -> None:
         request_id = message.get("id")
         route = (
             self._server_requests.pop(request_id, None)
-            if isinstance(request_id, int)
+            if type(request_id) is int
             else None
         )
         if route is None:
-            log.warning("client_response_unmatched", id=request_id)
+            log.warning("client_response_unmatched", id=str(request_id)[:40])
             return
 
+        self._forget(route)
         await self._send_safely(route.link, {**message, "id": route.server_id})
 
     def _all_links(self) -> list[Downstream]:
@@ -613,6 +721,12 @@ class Relay:
         except DownstreamError as exc:
             log.warning("server_unreachable", server=link.server, error=str(exc))
 
+    async def _send_bounded(self, link: Downstream, message: Message) -> None:
+        """Send from a task of its own: a server that does not take its input
+        must not hold up the deadline watcher."""
+        with anyio.move_on_after(CANCEL_GRACE_S):
+            await self._send_safely(link, message)
+
     # -- servers to client -------------------------------------------------------
 
     async def on_server_message(self, link: Downstream, message: Message) -> None:
@@ -620,7 +734,10 @@ class Relay:
             await self._server_request(link, message)
             return
 
-        bucket = self._buckets.setdefault(id(link), RateBucket(NOTIFICATIONS_PER_S))
+        bucket = self._buckets.get(link)
+        if bucket is None:
+            bucket = self._buckets[link] = RateBucket(NOTIFICATIONS_PER_S)
+
         if not bucket.take():
             if bucket.dropped % 1000 == 1:
                 log.warning(
@@ -634,7 +751,8 @@ class Relay:
         method: str = message["method"]
         params = _params(message)
         if method == "notifications/progress":
-            route = self._progress.get(params.get("progressToken"))  # type: ignore[arg-type]
+            token = params.get("progressToken")
+            route = self._progress.get(token) if type(token) is int else None
             if route is None or route.link is not link:
                 return
 
@@ -655,6 +773,7 @@ class Relay:
         for client_facing, route in list(self._server_requests.items()):
             if route.link is link and route.server_id == params.get("requestId"):
                 del self._server_requests[client_facing]
+                self._forget(route)
                 return {**message, "params": {**params, "requestId": client_facing}}
 
         return {}
@@ -669,21 +788,60 @@ class Relay:
             await self._send_safely(link, jsonrpc.result_response(server_id, {}))
             return
 
-        refusal = await self.gate.server_request_refusal(
-            link.server, method, self.client_init
-        )
+        refusal = await self._server_request_refusal(link, method)
         if refusal is not None:
-            error = jsonrpc.error_response(server_id, jsonrpc.POLICY_DENIED, refusal)
+            code, text = refusal
+            error = jsonrpc.error_response(server_id, code, text)
             await self._send_safely(link, error)
             return
 
         client_facing = next(self._ids)
-        self._server_requests[client_facing] = ServerRequestRoute(link, server_id)
-        token = jsonrpc.as_object(_params(message).get("_meta")).get("progressToken")
-        if token is not None:
-            self._client_progress[token] = link
-
+        deadline = anyio.current_time() + link.bounds.client_answer_timeout_s
+        route = ServerRequestRoute(link, server_id, method, deadline)
+        self._server_requests[client_facing] = route
+        message = self._map_client_progress(route, message)
         await self.front.send({**message, "id": client_facing})
+
+    async def _server_request_refusal(
+        self, link: Downstream, method: str
+    ) -> tuple[int, str] | None:
+        try:
+            refusal = await self.gate.server_request_refusal(
+                link.server, method, self.client_init
+            )
+        except Denied as exc:
+            return exc.code, str(exc)
+
+        if refusal is not None:
+            return jsonrpc.POLICY_DENIED, refusal
+
+        waiting = sum(1 for r in self._server_requests.values() if r.link is link)
+        if waiting >= MAX_SERVER_REQUESTS:
+            return jsonrpc.SERVER_UNAVAILABLE, (
+                f"{MAX_SERVER_REQUESTS} requests of server {link.server!r} wait for"
+                " the client's answer already"
+            )
+
+        return None
+
+    def _map_client_progress(
+        self, route: ServerRequestRoute, message: Message
+    ) -> Message:
+        """Give the client a token of the proxy's own for the server's, so that
+        tokens of different servers cannot collide."""
+        params = _params(message)
+        meta = jsonrpc.as_object(params.get("_meta"))
+        if "progressToken" not in meta:
+            return message
+
+        route.token = next(self._ids)
+        self._client_progress[route.token] = (route.link, meta["progressToken"])
+        new_params = {**params, "_meta": {**meta, "progressToken": route.token}}
+        return {**message, "params": new_params}
+
+    def _forget(self, route: ServerRequestRoute) -> None:
+        if route.token is not None:
+            self._client_progress.pop(route.token, None)
 
     async def on_server_ready(self, link: Downstream) -> None:
         await self.gate.sandbox_event("sandbox_started", link)
@@ -700,8 +858,16 @@ class Relay:
         for route_id, route in list(self._server_requests.items()):
             if route.link is link:
                 del self._server_requests[route_id]
+                self._forget(route)
+                await self.front.send(_cancel_notice(route_id, "the server exited"))
 
         self._progress = {t: r for t, r in self._progress.items() if r.link is not link}
+        bucket = self._buckets.pop(link, None)
+        if bucket is not None and bucket.dropped:
+            log.warning(
+                "server_notifications_dropped", server=link.server, count=bucket.dropped
+            )
+
         if self.client_init is not None and link.profile == self.default_profiles.get(
             link.server
         ):
@@ -720,27 +886,51 @@ class Relay:
     # -- deadlines -----------------------------------------------------------------
 
     async def watch_deadlines(self) -> None:
-        """Answer calls whose deadline passed, and cancel them at the server."""
+        """Answer requests whose deadline passed, each way, and cancel them."""
         while True:
             await anyio.sleep(DEADLINE_TICK_S)
-            now = anyio.current_time()
-            for link in self._all_links():
-                for down_id, pending in await link.expire(now):
-                    await self._expire(link, down_id, pending)
+            try:
+                await self._expire(anyio.current_time())
+            except Exception:
+                # The watcher must outlive a bug: log it and keep watching.
+                log.exception("deadline_check_failed")
 
-    async def _expire(self, link: Downstream, down_id: int, pending: Pending) -> None:
-        cancel: Message = {
-            "jsonrpc": "2.0",
-            "method": "notifications/cancelled",
-            "params": {"requestId": down_id, "reason": "deadline exceeded"},
-        }
-        await self._send_safely(link, cancel)
+    async def _expire(self, now: float) -> None:
+        assert self._group is not None
+        for link in self._all_links():
+            expired = await link.expire(now)
+            for _, pending in expired:
+                error = jsonrpc.error_response(
+                    pending.client_id,
+                    jsonrpc.REQUEST_TIMEOUT,
+                    f"{pending.method} to server {link.server!r} exceeded its deadline",
+                )
+                await pending.deliver(error)
+
+            if expired:
+                down_ids = [down_id for down_id, _ in expired]
+                self._group.start_soon(link.cancel, down_ids, "deadline exceeded")
+
+        for client_facing, route in list(self._server_requests.items()):
+            if route.deadline <= now:
+                await self._expire_server_request(client_facing, route)
+
+    async def _expire_server_request(
+        self, client_facing: int, route: ServerRequestRoute
+    ) -> None:
+        """The client did not answer a server's request in time: the client is
+        told to cancel it, the server gets an error."""
+        del self._server_requests[client_facing]
+        self._forget(route)
+        await self.front.send(_cancel_notice(client_facing, "no answer in time"))
+        timeout_s = route.link.bounds.client_answer_timeout_s
         error = jsonrpc.error_response(
-            pending.client_id,
+            route.server_id,
             jsonrpc.REQUEST_TIMEOUT,
-            f"{pending.method} to server {link.server!r} exceeded its deadline",
+            f"the client did not answer {route.method} within {timeout_s:g} s",
         )
-        await pending.deliver(error)
+        assert self._group is not None
+        self._group.start_soon(self._send_bounded, route.link, error)
 
     def bind(self, group: anyio.abc.TaskGroup, pool: Pool) -> None:
         self._group = group
@@ -753,3 +943,11 @@ def _params(message: Message) -> Message:
 
 def _flag(value: Any, key: str) -> bool:
     return isinstance(value, dict) and value.get(key) is True  # type: ignore[union-attr]
+
+
+def _cancel_notice(request_id: RequestId, reason: str) -> Message:
+    return {
+        "jsonrpc": "2.0",
+        "method": "notifications/cancelled",
+        "params": {"requestId": request_id, "reason": reason},
+    }

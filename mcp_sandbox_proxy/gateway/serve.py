@@ -20,7 +20,7 @@ from mcp_sandbox_proxy.config import ProxyConfig
 from mcp_sandbox_proxy.gateway.egress_links import with_egress
 from mcp_sandbox_proxy.gateway.front import ClientChannel
 from mcp_sandbox_proxy.gateway.gate import CallGate
-from mcp_sandbox_proxy.gateway.pool import Pool
+from mcp_sandbox_proxy.gateway.pool import Pool, instance_bounds
 from mcp_sandbox_proxy.gateway.relay import Relay
 from mcp_sandbox_proxy.policy import PolicySet, ResolvedPolicy
 from mcp_sandbox_proxy.policy.pins import ToolPins
@@ -71,7 +71,8 @@ async def serve(
                     spec = await with_egress(
                         filters, key, spec, policy, gate, config.proxy.egress_hosts
                     )
-                    pool.add(key, spec, backends.get(policy.backend))
+                    bounds = instance_bounds(policy)
+                    pool.add(key, spec, backends.get(policy.backend), bounds)
 
                 group.start_soon(relay.watch_deadlines)
                 group.start_soon(_stop_on_signal, group.cancel_scope)

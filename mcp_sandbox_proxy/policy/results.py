@@ -131,12 +131,16 @@ def _clean_json(value: Any, rules: Results) -> Any:
 
 def result_size(result: dict[str, Any]) -> int:
     """Bytes of a result's payload: text, base64 data, and structured content."""
-    blocks = cast("list[Any]", result.get("content") or [])
-    size = sum(_block_size(block) for block in blocks)
+    size = sum(_block_size(block) for block in _content(result))
     if result.get("structuredContent") is not None:
         size += _json_size(result["structuredContent"])
 
     return size
+
+
+def _content(result: dict[str, Any]) -> list[Any]:
+    content = result.get("content")
+    return cast("list[Any]", content) if isinstance(content, list) else []
 
 
 def _block_size(block: Any) -> int:
@@ -151,7 +155,7 @@ def _block_size(block: Any) -> int:
         payload = resource.get("text", resource.get("blob"))
 
     if isinstance(payload, str):
-        return len(payload.encode())
+        return len(payload.encode("utf-8", "surrogatepass"))
 
     return _json_size(block)
 
@@ -167,7 +171,8 @@ def _text_of(block: Any) -> str | None:
 
 
 def _json_size(value: Any) -> int:
-    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def cap_result(result: dict[str, Any], cap: int) -> dict[str, Any]:
@@ -179,7 +184,7 @@ def cap_result(result: dict[str, Any], cap: int) -> dict[str, Any]:
     if total <= cap:
         return result
 
-    kept, budget = _fit_blocks(cast("list[Any]", result.get("content") or []), cap)
+    kept, budget = _fit_blocks(_content(result), cap)
     capped = {**result, "content": kept}
     structured = result.get("structuredContent")
     if structured is not None and _json_size(structured) > budget:
@@ -210,7 +215,8 @@ def _fit_blocks(blocks: list[Any], cap: int) -> tuple[list[Any], int]:
 
 def _cut(text: str, budget: int) -> str:
     # Cut on a character boundary: never leave half of a UTF-8 sequence.
-    return text.encode()[:budget].decode("utf-8", errors="ignore")
+    encoded = text.encode("utf-8", "surrogatepass")[:budget]
+    return encoded.decode("utf-8", errors="ignore")
 
 
 def _append_marker(blocks: list[Any], marker: str) -> None:
