@@ -32,6 +32,9 @@ from mcp_sandbox_proxy.config import SERVER_NAME_PATTERN, parse_config_text
 from mcp_sandbox_proxy.exceptions import ConfigError
 from mcp_sandbox_proxy.policy.loader import POLICY_NAME
 
+# TODO(wrap-split): about 570 lines: reading and splicing the Claude Desktop file,
+# and planning and recording a wrap, should be two modules.
+
 CLAUDE_FILE_NAME = "claude_desktop_config.json"
 PROXY_SERVER_NAME = "mcp-sandbox-proxy"
 BACKUP_SUFFIX = ".mcp-sandbox-proxy.bak"
