@@ -5,8 +5,9 @@ and every relayed message crosses it twice, so it is kept lean:
 
 - reads ask for 64 KiB: asyncio's pipe transports ask for 256 KiB, an allocation
   above malloc's mmap threshold that costs about 100 us per small message;
-- the descriptor stays registered with the event loop between reads, instead of
-  being added and removed around each wait as ``anyio.wait_readable`` does.
+- the descriptor stays registered with the event loop, and its readiness
+  callback reads, instead of a wait being set up and torn down around each read
+  as ``anyio.wait_readable`` does.
 
 This is the one module that reaches below anyio, to the asyncio loop it runs on.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio  # noqa: TID251 - the readiness callbacks anyio does not expose
 import contextlib
 import os
+from collections import deque
 
 # Bytes asked of the kernel per read: large enough for a typical message in one
 # read, small enough to stay under malloc's mmap threshold.
@@ -23,48 +25,67 @@ READ_CHUNK_BYTES = 64 * 1024
 
 
 class FdReader:
-    """Reads chunks from one non-blocking descriptor."""
+    """Reads chunks from one non-blocking descriptor.
 
-    def __init__(self, fd: int) -> None:
+    The loop's readiness callback does the read itself and queues the chunk, so
+    a message costs one ``read`` and one wake-up of the waiting task: no second
+    read that only finds the pipe empty, and no second readiness report for data
+    the task has not yet taken. Past ``high_water_bytes`` queued, reading pauses
+    until the task catches up.
+    """
+
+    def __init__(self, fd: int, high_water_bytes: int = 1024 * 1024) -> None:
         self.fd = fd
         self._loop = asyncio.get_running_loop()
+        self._chunks: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._high_water = high_water_bytes
         self._waiter: asyncio.Future[None] | None = None
         self._registered = False
-        self._closed = False
+        self._ended = False
 
     async def read(self) -> bytes:
         """The next bytes available; ``b""`` at end of stream or on error."""
-        while not self._closed:
-            try:
-                return os.read(self.fd, READ_CHUNK_BYTES)
-            except BlockingIOError:
-                pass
-            except OSError:
-                # A closed or broken pipe is the end of the stream.
+        while not self._chunks:
+            if self._ended:
                 return b""
 
-            await self._readable()
+            self._register()
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
-        return b""
+        chunk = self._chunks.popleft()
+        self._queued_bytes -= len(chunk)
+        return chunk
 
-    async def _readable(self) -> None:
-        if not self._registered:
-            self._loop.add_reader(self.fd, self._wake)
-            self._registered = True
-
-        self._waiter = self._loop.create_future()
+    def _on_readable(self) -> None:
         try:
-            await self._waiter
-        finally:
-            self._waiter = None
+            chunk = os.read(self.fd, READ_CHUNK_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            # A closed or broken pipe is the end of the stream.
+            chunk = b""
 
-    def _wake(self) -> None:
+        if chunk:
+            self._chunks.append(chunk)
+            self._queued_bytes += len(chunk)
+            if self._queued_bytes > self._high_water:
+                self._unregister()
+        else:
+            self._ended = True
+            self._unregister()
+
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
-        else:
-            # Nobody waits: stop the level-triggered callback from spinning until
-            # the next read finds the data and registers again if needed.
-            self._unregister()
+
+    def _register(self) -> None:
+        if not self._registered and not self._ended:
+            self._loop.add_reader(self.fd, self._on_readable)
+            self._registered = True
 
     def _unregister(self) -> None:
         if self._registered:
@@ -73,7 +94,8 @@ class FdReader:
 
     def close(self) -> None:
         """Stop watching the descriptor (it is not closed here)."""
-        self._closed = True
+        self._ended = True
+        self._chunks.clear()
         self._unregister()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
