@@ -27,7 +27,14 @@ def text_of(result: object) -> str:
 
 
 async def tour(config: Path, workspace: Path) -> None:
-    command = [sys.executable, "-m", "mcp_sandbox_proxy", "run", "--config", str(config)]
+    command = [
+        sys.executable,
+        "-m",
+        "mcp_sandbox_proxy",
+        "run",
+        "--config",
+        str(config),
+    ]
     params = StdioServerParameters(
         command=command[0], args=command[1:], env=dict(os.environ)
     )
@@ -47,12 +54,16 @@ async def tour(config: Path, workspace: Path) -> None:
 
         note = workspace / "hello.txt"
         await session.call_tool(
-            "notes__write_file", {"path": str(note), "content": "written in a sandbox\n"}
+            "notes__write_file",
+            {"path": str(note), "content": "written in a sandbox\n"},
         )
         listing = await session.call_tool(
             "notes__list_directory", {"path": str(workspace)}
         )
-        show(f"notes__write_file, then notes__list_directory {workspace}", text_of(listing))
+        show(
+            f"notes__write_file, then notes__list_directory {workspace}",
+            text_of(listing),
+        )
 
         for label, path in (
             ("outside the granted folder", "/etc/shadow"),
@@ -74,7 +85,9 @@ def audit_trail(config: Path) -> None:
     shown = subprocess.run([*cli, "show", str(path)], capture_output=True, text=True)
     lines = shown.stdout.splitlines()
     show(f"Audit log {path} (last records)", "\n".join(lines[:2] + lines[-12:]))
-    verified = subprocess.run([*cli, "verify", str(path)], capture_output=True, text=True)
+    verified = subprocess.run(
+        [*cli, "verify", str(path)], capture_output=True, text=True
+    )
     show("audit-log verify", verified.stdout + verified.stderr)
 
 

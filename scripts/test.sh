@@ -13,8 +13,8 @@ bash scripts/docker-up.sh
 bash scripts/build-test-images.sh
 
 echo "[test] lint and format" >&2
-"$venv/bin/ruff" check mcp_sandbox_proxy tests benchmarks
-"$venv/bin/ruff" format --check mcp_sandbox_proxy tests benchmarks
+"$venv/bin/ruff" check mcp_sandbox_proxy tests benchmarks examples
+"$venv/bin/ruff" format --check mcp_sandbox_proxy tests benchmarks examples
 echo "[test] type check (pyright, strict)" >&2
 "$venv/bin/pyright" --pythonpath "$venv/bin/python" mcp_sandbox_proxy
 

@@ -17,6 +17,7 @@ from mcp_sandbox_proxy.audit.show import (
     render_table,
 )
 from mcp_sandbox_proxy.audit.verify import format_report, verify_files
+from mcp_sandbox_proxy.commands import Subparsers
 
 # Exit statuses of ``verify``: intact, tampered or damaged, could not check.
 EXIT_VERIFIED = 0
@@ -24,7 +25,7 @@ EXIT_PROBLEMS = 1
 EXIT_UNCHECKED = 2
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:  # pyright: ignore[reportPrivateUsage]
+def register(subparsers: Subparsers) -> None:
     """Add ``audit-log verify`` and ``audit-log show`` to the command line."""
     parser = subparsers.add_parser(
         "audit-log",
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_show(actions)
 
 
-def _add_verify(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:  # pyright: ignore[reportPrivateUsage]
+def _add_verify(actions: Subparsers) -> None:
     verify = actions.add_parser(
         "verify",
         help="check that audit files are complete and unaltered",
@@ -54,7 +55,7 @@ def _add_verify(actions: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     verify.set_defaults(handler=run_verify)
 
 
-def _add_show(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:  # pyright: ignore[reportPrivateUsage]
+def _add_show(actions: Subparsers) -> None:
     show = actions.add_parser(
         "show",
         help="list audit records as a table or JSON lines",

@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+from mcp_sandbox_proxy.commands import Subparsers
 from mcp_sandbox_proxy.config import ProxyConfig, load_config
 from mcp_sandbox_proxy.exceptions import ConfigError
 from mcp_sandbox_proxy.policy import PolicySet, ToolPins
@@ -27,7 +28,7 @@ EXIT_VALID = 0
 EXIT_INVALID = 1
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:  # pyright: ignore[reportPrivateUsage]
+def register(subparsers: Subparsers) -> None:
     """Add ``check`` to the command line."""
     parser = subparsers.add_parser(
         "check",

@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 
+from mcp_sandbox_proxy.commands import Subparsers
 from mcp_sandbox_proxy.commands.check import add_config_argument
 from mcp_sandbox_proxy.config import load_config
 from mcp_sandbox_proxy.exceptions import ConfigError
@@ -35,7 +36,7 @@ OCI_RUNTIMES = ("runc", "crun", "runsc", "youki", "kata-runtime")
 COLUMNS = ("backend", "check", "status", "detail")
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:  # pyright: ignore[reportPrivateUsage]
+def register(subparsers: Subparsers) -> None:
     """Add ``doctor`` to the command line."""
     parser = subparsers.add_parser(
         "doctor",

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from mcp_sandbox_proxy.commands import Subparsers
 from mcp_sandbox_proxy.commands.check import add_config_argument
 from mcp_sandbox_proxy.config import load_config
 from mcp_sandbox_proxy.policy import PolicySet
@@ -19,7 +20,7 @@ from mcp_sandbox_proxy.policy.rules import tool_rule
 SIZE_LIMITS = ("memory", "fileSize", "tmpfs", "output")
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:  # pyright: ignore[reportPrivateUsage]
+def register(subparsers: Subparsers) -> None:
     """Add ``explain`` to the command line."""
     parser = subparsers.add_parser(
         "explain",

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mcp_sandbox_proxy.commands import Subparsers
 from mcp_sandbox_proxy.commands.check import add_config_argument
 from mcp_sandbox_proxy.config import load_config
 from mcp_sandbox_proxy.exceptions import ConfigError
@@ -15,7 +16,7 @@ EXIT_DONE = 0
 EXIT_NOTHING_PENDING = 1
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:  # pyright: ignore[reportPrivateUsage]
+def register(subparsers: Subparsers) -> None:
     """Add ``pins diff`` and ``pins accept`` to the command line."""
     parser = subparsers.add_parser(
         "pins",

@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from mcp_sandbox_proxy.commands import Subparsers
 from mcp_sandbox_proxy.commands.check import add_config_argument
 from mcp_sandbox_proxy.config import load_config
 from mcp_sandbox_proxy.policy import PolicySet, ToolPins, default_pin_path
@@ -27,7 +28,7 @@ EXIT_PASSED = 0
 EXIT_FINDINGS = 1
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:  # pyright: ignore[reportPrivateUsage]
+def register(subparsers: Subparsers) -> None:
     """Add ``audit`` to the command line."""
     parser = subparsers.add_parser(
         "audit",

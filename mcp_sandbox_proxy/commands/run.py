@@ -7,12 +7,13 @@ from pathlib import Path
 
 import anyio
 
+from mcp_sandbox_proxy.commands import Subparsers
 from mcp_sandbox_proxy.config import load_config
 from mcp_sandbox_proxy.logs import configure_logging
 from mcp_sandbox_proxy.policy import PolicySet
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:  # pyright: ignore[reportPrivateUsage]
+def register(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "run",
         help="serve MCP on stdin/stdout, fronting the configured servers",

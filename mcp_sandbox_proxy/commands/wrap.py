@@ -13,10 +13,10 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
 
 import structlog
 
+from mcp_sandbox_proxy.commands import Subparsers
 from mcp_sandbox_proxy.exceptions import ConfigError
 from mcp_sandbox_proxy.policy.loader import SHIPPED_POLICIES, PolicyLibrary
 from mcp_sandbox_proxy.wrap import (
@@ -40,11 +40,8 @@ from mcp_sandbox_proxy.wrap import (
 
 log = structlog.get_logger(__name__)
 
-if TYPE_CHECKING:
-    _Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]  # pyright: ignore[reportPrivateUsage]
 
-
-def register(subparsers: _Subparsers) -> None:
+def register(subparsers: Subparsers) -> None:
     """Add ``wrap`` and ``unwrap`` to the command line."""
     wrap = subparsers.add_parser(
         "wrap",
@@ -86,7 +83,7 @@ def register(subparsers: _Subparsers) -> None:
     _add_unwrap(subparsers)
 
 
-def _add_unwrap(subparsers: _Subparsers) -> None:
+def _add_unwrap(subparsers: Subparsers) -> None:
     unwrap = subparsers.add_parser(
         "unwrap",
         help="restore Claude Desktop's configuration as it was before wrap",

@@ -148,7 +148,7 @@ class Downstream:
     def capabilities(self) -> dict[str, Any]:
         result = self.initialize_result or {}
         capabilities = result.get("capabilities")
-        return capabilities if isinstance(capabilities, dict) else {}  # type: ignore[return-value]
+        return jsonrpc.as_object(capabilities)
 
     @property
     def sandbox_id(self) -> str:

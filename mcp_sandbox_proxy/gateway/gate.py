@@ -94,7 +94,9 @@ class CallGate:
     async def client_connected(self, params: Message) -> None:
         info = params.get("clientInfo")
         if isinstance(info, dict):
-            self._client = f"{info.get('name', '')} {info.get('version', '')}".strip()  # type: ignore[union-attr]
+            fields = jsonrpc.as_object(info)
+            name, version = fields.get("name", ""), fields.get("version", "")
+            self._client = f"{name} {version}".strip()
 
         await self._write("client_connected")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import structlog
@@ -446,10 +446,8 @@ class Relay:
             pages[link.server] = page
 
     async def _expose(self, method: str, server: str, items: Any) -> list[Any]:
-        if not isinstance(items, list):
-            return []
-
-        entries: list[dict[str, Any]] = [i for i in items if isinstance(i, dict)]  # type: ignore[misc]
+        listed = cast("list[Any]", items) if isinstance(items, list) else []
+        entries = [jsonrpc.as_object(item) for item in listed if isinstance(item, dict)]
         if method == "tools/list":
             entries = await self.gate.visible_tools(server, entries)
             return self._renamed(self.tools, server, entries)
@@ -946,7 +944,7 @@ def _params(message: Message) -> Message:
 
 
 def _flag(value: Any, key: str) -> bool:
-    return isinstance(value, dict) and value.get(key) is True  # type: ignore[union-attr]
+    return jsonrpc.as_object(value).get(key) is True
 
 
 def _cancel_notice(request_id: RequestId, reason: str) -> Message:

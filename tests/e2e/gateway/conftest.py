@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,9 @@ def relay_policies(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def relay_config(write_config: WriteConfig, relay_policies: Path):  # type: ignore[no-untyped-def]
+def relay_config(
+    write_config: WriteConfig, relay_policies: Path
+) -> Callable[..., Path]:
     """Write a config whose servers all run under the relay-test policy."""
 
     def make(servers: dict[str, dict[str, Any]], **proxy: Any) -> Path:
