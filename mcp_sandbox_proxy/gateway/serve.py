@@ -62,6 +62,7 @@ async def serve(
     )
 
     pool: Pool | None = None
+    stopped = False
     try:
         async with anyio.create_task_group() as filters:
             async with anyio.create_task_group() as group:
@@ -82,10 +83,14 @@ async def serve(
 
             # The sandboxes stop before their egress filters go.
             await _shut_down(pool, backends, gate)
+            stopped = True
             filters.cancel_scope.cancel()
     finally:
+        # On an error the sandboxes are stopped here instead.
         with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_TIMEOUT_S):
-            await _shut_down(pool, backends, gate)
+            if not stopped:
+                await _shut_down(pool, backends, gate)
+
             await audit.aclose()
 
         front.close()
