@@ -3,7 +3,7 @@
     ProxyError
     ├── ConfigError            a configuration or policy file is invalid
     ├── SandboxError           a sandbox could not be built or started
-    │   ├── SandboxUnavailable the host lacks what the backend needs (fails closed)
+    │   ├── SandboxUnavailable the host cannot give the sandbox; fail closed
     │   └── SandboxStartFailed the server exited or broke during start
     ├── DownstreamError        a tool server misbehaved or went away
     └── AuditError             an audit record could not be written durably

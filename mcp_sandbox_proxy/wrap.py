@@ -503,9 +503,10 @@ def proxy_config_text(
         text = json.dumps(body, indent=2, ensure_ascii=False) + "\n"
     else:
         # The stubs leave one parameter of safe_dump untyped; the call returns str.
-        text = _yaml_header(request.claude_path) + yaml.safe_dump(  # pyright: ignore[reportUnknownMemberType]
+        document: str = yaml.safe_dump(  # pyright: ignore[reportUnknownMemberType]
             body, sort_keys=False, allow_unicode=True, width=YAML_LINE_WIDTH
         )
+        text = _yaml_header(request.claude_path) + document
 
     parse_config_text(text, request.proxy_config_path)
     return text

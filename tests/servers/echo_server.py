@@ -129,8 +129,9 @@ def handle(message: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    record_path = os.environ.get("ECHO_SERVER_RECORD")
-    record = open(record_path, "a", buffering=1) if record_path else None  # noqa: SIM115
+    path = os.environ.get("ECHO_SERVER_RECORD")
+    # Open for the life of the server, line-buffered so each message lands at once.
+    record = open(path, "a", buffering=1) if path else None  # noqa: SIM115
     for line in sys.stdin:
         if record is not None:
             record.write(line if line.endswith("\n") else line + "\n")

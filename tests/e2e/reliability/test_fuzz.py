@@ -298,9 +298,9 @@ def plan_for(lines: list[bytes]) -> Plan:
 
         message = _object_or_none(line)
         if message is not None and message.get("method") == "notifications/cancelled":
-            params = message.get("params")
+            params: Any = message.get("params")
             if isinstance(params, dict):
-                plan.cancelled.add(_hashable(params.get("requestId")))  # type: ignore[arg-type]
+                plan.cancelled.add(_hashable(params.get("requestId")))
 
     return plan
 
