@@ -76,6 +76,19 @@ class AuditConfig(_Strict):
     rotate_seconds: int | None = Field(default=None, alias="rotateSeconds", gt=0)
 
 
+class InstallConfig(_Strict):
+    """How servers started by ``npx``, ``uvx`` or ``pipx run`` are installed.
+
+    ``allowPrivate`` lets the install reach registry hosts that resolve to private
+    addresses, as company mirrors do; only the registry's own names are allowed.
+    """
+
+    cache_dir: Path | None = Field(default=None, alias="cacheDir")
+    timeout: float = Field(default=600.0, gt=0)
+    extra_hosts: tuple[str, ...] = Field(default=(), alias="extraHosts")
+    allow_private: bool = Field(default=True, alias="allowPrivate")
+
+
 class ProxySettings(_Strict):
     """Settings of the proxy itself, under the ``proxy`` key.
 
@@ -86,6 +99,7 @@ class ProxySettings(_Strict):
     policy_paths: tuple[Path, ...] = Field(default=(), alias="policyPaths")
     pin_file: Path | None = Field(default=None, alias="pinFile")
     audit: AuditConfig = AuditConfig()
+    install: InstallConfig = InstallConfig()
     egress_hosts: dict[str, tuple[str, ...]] = Field(
         default_factory=dict, alias="egressHosts"
     )

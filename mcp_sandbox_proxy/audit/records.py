@@ -42,6 +42,7 @@ TRUSTED_FIELDS = frozenset(
         "is_error",
         "limit",
         "method",
+        "network",
         "peak_memory_bytes",
         "pinned_digest",
         "policy",
@@ -102,6 +103,13 @@ class SandboxFields(TypedDict, total=False):
     server: str
     backend: str
     sandbox_id: str
+
+
+class SandboxStarted(SandboxFields, total=False):
+    """A sandbox started; ``network`` is its mode (none, egress or host)."""
+
+    profile: str
+    network: str
 
 
 class CallOutcome(CallFields, SandboxFields, total=False):
@@ -170,6 +178,23 @@ class EgressAttempt(SandboxFields, total=False):
     calls: list[dict[str, Any]]
 
 
+class PackageInstall(TypedDict, total=False):
+    """A step of installing a server's package in its install sandbox:
+    ``package_install_started``, ``package_installed``, ``package_install_failed``,
+    and ``package_ready`` when a server starts from a recorded installation."""
+
+    server: str
+    profile: str
+    runner: str
+    ecosystem: str
+    package: str
+    registry: list[str]
+    version: str
+    program: str
+    seconds: float
+    error: str
+
+
 class ClientConnected(TypedDict, total=False):
     """A client completed its initialize; ``client`` names it."""
 
@@ -201,7 +226,7 @@ EVENT_FIELDS: dict[str, type[Any]] = {
     "call_intent": CallIntent,
     "call_outcome": CallOutcome,
     "call_denied": CallDenied,
-    "sandbox_started": SandboxFields,
+    "sandbox_started": SandboxStarted,
     "sandbox_exited": SandboxExited,
     "sandbox_crashed": SandboxExited,
     "sandbox_restarted": SandboxFields,
@@ -209,6 +234,10 @@ EVENT_FIELDS: dict[str, type[Any]] = {
     "client_request": ClientRequest,
     "tool_pin_changed": ToolPinChanged,
     "egress_attempt": EgressAttempt,
+    "package_install_started": PackageInstall,
+    "package_installed": PackageInstall,
+    "package_install_failed": PackageInstall,
+    "package_ready": PackageInstall,
     HEADER_EVENT: Header,
     CLOSE_EVENT: Closing,
 }

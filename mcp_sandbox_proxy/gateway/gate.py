@@ -308,6 +308,7 @@ class CallGate:
                 profile=link.profile,
                 backend=link.backend.name,
                 sandbox_id=link.sandbox_id,
+                network=link.spec.network.mode,
                 exit_status=link.process.returncode if link.process else None,
                 cpu_seconds=usage.cpu_seconds if usage else None,
                 peak_memory_bytes=usage.peak_memory_bytes if usage else None,
@@ -316,6 +317,13 @@ class CallGate:
         except Denied as exc:
             # A lifecycle record that cannot be written must not stop the relay;
             # the calls themselves are refused while the log is unwritable.
+            log.error("audit_record_lost", event_name=event, error=str(exc))
+
+    async def install_event(self, event: str, fields: dict[str, Any]) -> None:
+        """Record a step of a package's sandboxed install."""
+        try:
+            await self._write(event, **fields)
+        except Denied as exc:
             log.error("audit_record_lost", event_name=event, error=str(exc))
 
     async def _write(self, event: str, **fields: Any) -> None:

@@ -1,0 +1,133 @@
+"""The record of installed packages, kept beside them in the proxy's cache.
+
+``installed.json`` maps each installation's key (ecosystem, requirement, program)
+to the version installed, its folder and the program to start. A recorded
+installation is reused as it is: the registry is not asked again until the user
+upgrades. Proxies started side by side (one per client) share the cache, so
+changes happen under an exclusive lock on ``.lock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Generator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from mcp_sandbox_proxy.exceptions import ConfigError
+
+RECORD_FILE = "installed.json"
+LOCK_FILE = ".lock"
+RECORD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Installed:
+    """One installation: what was asked for, what was installed, where."""
+
+    key: str
+    package: str
+    version: str
+    directory: str
+    program: str
+    installed_at: str
+    registry: tuple[str, ...] = ()
+
+    def usable(self) -> bool:
+        """Whether its files are still there (a cache may have been cleaned)."""
+        return Path(self.program).exists()
+
+
+class PackageStore:
+    """The cache folder of installed packages and its record."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def folder_for(self, ecosystem: str, package: str) -> Path:
+        """A new, empty folder for one installation of ``package``."""
+        parent = self.root / ecosystem
+        parent.mkdir(parents=True, exist_ok=True)
+        safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in package)
+        return Path(tempfile.mkdtemp(prefix=f"{safe.strip('-')}-", dir=parent))
+
+    @contextlib.contextmanager
+    def locked(self) -> Generator[None]:
+        """Hold the cache's lock (blocking): one change at a time, machine-wide."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK_FILE, "a+b") as handle:
+            # Released when the file closes, also if the process dies.
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            yield
+
+    def all(self) -> dict[str, Installed]:
+        """Every recorded installation, by key."""
+        path = self.root / RECORD_FILE
+        try:
+            data: Any = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"the record of installed packages is unreadable: {exc}; remove"
+                " it to install every package again",
+                source=str(path),
+            ) from exc
+
+        packages = (
+            cast("dict[str, Any]", data).get("packages")
+            if isinstance(data, dict)
+            else None
+        )
+        if not isinstance(packages, dict):
+            raise ConfigError(
+                "the record of installed packages has no 'packages' map",
+                source=str(path),
+            )
+
+        found: dict[str, Installed] = {}
+        for key, entry in cast("dict[str, Any]", packages).items():
+            try:
+                fields = dict(cast("dict[str, Any]", entry))
+                fields["registry"] = tuple(fields.get("registry", ()))
+                found[key] = Installed(key=key, **fields)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(
+                    f"packages.{key}: not a valid entry ({exc})", source=str(path)
+                ) from exc
+
+        return found
+
+    def get(self, key: str) -> Installed | None:
+        return self.all().get(key)
+
+    def put(self, installed: Installed) -> Installed | None:
+        """Record ``installed``; returns the entry it replaced, if any."""
+        entries = self.all()
+        previous = entries.get(installed.key)
+        entries[installed.key] = installed
+        self._write(entries)
+        return previous
+
+    def in_use(self, directory: str) -> bool:
+        return any(e.directory == directory for e in self.all().values())
+
+    def _write(self, entries: dict[str, Installed]) -> None:
+        packages: dict[str, Any] = {}
+        for key, entry in sorted(entries.items()):
+            fields = asdict(entry)
+            del fields["key"]
+            fields["registry"] = list(entry.registry)
+            packages[key] = fields
+
+        text = json.dumps({"version": RECORD_VERSION, "packages": packages}, indent=2)
+        path = self.root / RECORD_FILE
+        # Written aside and renamed over, so a reader never sees half a file.
+        scratch = path.with_name(f".{RECORD_FILE}.{os.getpid()}")
+        scratch.write_text(text + "\n", encoding="utf-8")
+        scratch.replace(path)
