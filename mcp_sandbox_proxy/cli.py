@@ -12,7 +12,10 @@ from mcp_sandbox_proxy.exceptions import ProxyError
 from mcp_sandbox_proxy.logs import configure_logging
 
 # Modules under ``mcp_sandbox_proxy.commands``, in the order ``--help`` lists them.
-COMMANDS = ("run", "check", "explain", "audit", "pins", "audit_log", "doctor", "wrap")
+COMMANDS = (
+    "run", "check", "explain", "audit", "pins", "audit_log", "doctor", "wrap",
+    "install",
+)  # fmt: skip
 COMMAND_MODULES = {"audit": "policy_audit"}
 # The command names that may stand first on the command line; ``unwrap`` lives
 # in the module of ``wrap``.

@@ -10,7 +10,7 @@ import hashlib
 import os
 import signal
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import anyio
 import structlog
@@ -22,11 +22,9 @@ from mcp_sandbox_proxy.gateway.front import ClientChannel
 from mcp_sandbox_proxy.gateway.gate import CallGate
 from mcp_sandbox_proxy.gateway.pool import Pool, instance_bounds
 from mcp_sandbox_proxy.gateway.relay import Relay
-from mcp_sandbox_proxy.install.launchers import Launch
+from mcp_sandbox_proxy.install.servers import installing, server_launches
 from mcp_sandbox_proxy.policy import PolicySet, ResolvedPolicy
 from mcp_sandbox_proxy.policy.pins import ToolPins
-from mcp_sandbox_proxy.policy.policyset import config_error
-from mcp_sandbox_proxy.sandbox.backend import Backend
 from mcp_sandbox_proxy.sandbox.registry import Backends
 from mcp_sandbox_proxy.sandbox.spec import SandboxSpec
 
@@ -65,7 +63,9 @@ async def serve(
         policies={name: policies.for_server(name).digest for name in servers},
     )
 
-    install_first = installing_backends(config, backends, gate) if launches else None
+    install_first = None
+    if launches:
+        install_first = installing(config, backends, gate.install_event)
 
     pool: Pool | None = None
     stopped = False
@@ -131,60 +131,6 @@ def sandbox_specs(
             instances.append(((name, policy.profile), spec, policy))
 
     return instances
-
-
-def server_launches(
-    config: ProxyConfig,
-    instances: Iterable[tuple[tuple[str, str], SandboxSpec, ResolvedPolicy]],
-) -> dict[str, Launch]:
-    """The servers started through a package runner, and what each installs.
-    A runner option the install cannot honour stops the proxy, naming it."""
-    from mcp_sandbox_proxy.install.launchers import LaunchError, parse_launch
-
-    launches: dict[str, Launch] = {}
-    for (server, _), spec, policy in instances:
-        try:
-            launch = parse_launch(spec.command, spec.args)
-        except LaunchError as exc:
-            key = ("mcpServers", server, "args")
-            raise config_error(config, key, str(exc)) from exc
-
-        if launch is None:
-            continue
-
-        if policy.backend == "docker":
-            raise config_error(
-                config,
-                ("mcpServers", server, "command"),
-                f"{launch.runner} installs on the host, and the docker backend runs"
-                " the image's own files; use an image with the server installed"
-                " (image), or the namespace backend",
-            )
-
-        launches[server] = launch
-
-    return launches
-
-
-def installing_backends(
-    config: ProxyConfig, backends: Backends, gate: CallGate
-) -> Callable[[Backend, str, Launch], Backend]:
-    """Wraps a server's backend so that its package is installed before it starts;
-    one installer serves every server, so one package is installed once."""
-    from mcp_sandbox_proxy.install.backend import InstallingBackend
-    from mcp_sandbox_proxy.install.installer import Installer
-
-    installer = Installer(
-        config.proxy.install,
-        backend=backends.get("namespace"),
-        record=gate.install_event,
-        egress_hosts=config.proxy.egress_hosts,
-    )
-
-    def wrap(inner: Backend, server: str, launch: Launch) -> Backend:
-        return InstallingBackend(inner, installer, server, launch)
-
-    return wrap
 
 
 def config_digest(config: ProxyConfig) -> str:

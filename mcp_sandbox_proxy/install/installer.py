@@ -63,6 +63,7 @@ INSTALL_LIMITS = Limits(
 OUTPUT_TAIL_LINES = 20
 INSTALL_PROFILE = "install"
 
+# Writes one audit record: the event's name and its fields.
 Record = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
