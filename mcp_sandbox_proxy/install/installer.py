@@ -217,7 +217,12 @@ class Installer:
         # The sandbox's own user must be able to write its one folder.
         os.chown(target, uid, gid)
 
+        refused: list[str] = []
+
         async def record_attempt(attempt: EgressAttempt) -> None:
+            if attempt.decision == "deny":
+                refused.append(f"{attempt.host}:{attempt.port}")
+
             await self._record("egress_attempt", _attempt_fields(server, attempt))
 
         name = f"{server}:{INSTALL_PROFILE}"
@@ -228,6 +233,7 @@ class Installer:
             on_attempt=record_attempt,
             resolver=hosts_first_resolver(self._hosts),
         )
+        failure: SandboxError | None = None
         async with anyio.create_task_group() as group:
             socket = await group.start(egress.serve)
             env = {
@@ -248,8 +254,24 @@ class Installer:
                 uid=uid,
                 gid=gid,
             )
-            await self._run_sandbox(server, spec, launch)
-            group.cancel_scope.cancel()
+            try:
+                await self._run_sandbox(server, spec, launch)
+            except SandboxError as exc:
+                failure = exc
+            finally:
+                group.cancel_scope.cancel()
+
+        if failure is not None and refused:
+            # Often the real cause, and something the installer's own words hide.
+            hosts = ", ".join(dict.fromkeys(refused))
+            raise SandboxStartFailed(
+                f"{failure}\nThe install tried to reach {hosts}, which is not the"
+                " registry; add a mirror's download host to proxy.install.extraHosts"
+                " if it is one"
+            ) from failure
+
+        if failure is not None:
+            raise failure
 
     async def _run_sandbox(
         self, server: str, spec: SandboxSpec, launch: Launch

@@ -24,6 +24,8 @@ Runner = Literal["npx", "uvx", "pipx"]
 _NPX_FLAGS = frozenset({"-y", "--yes", "-q", "--quiet", "--no-install"})
 _UVX_FLAGS = frozenset({"-q", "--quiet", "--isolated", "--no-cache", "--offline"})
 _UVX_VALUED = frozenset({"--from", "--with", "--python", "-p"})
+# Short options that are another name of a long one.
+_ALIASES = {"-p": "--python"}
 _PIPX_FLAGS = frozenset({"--no-cache", "-q", "--quiet", "--verbose", "-v"})
 _PIPX_VALUED = frozenset({"--spec", "--python", "--pip-args"})
 
@@ -31,6 +33,11 @@ _PIPX_VALUED = frozenset({"--spec", "--python", "--pip-args"})
 _NPM_NAME = re.compile(r"^(@[a-z0-9][\w.-]*/)?[a-z0-9][\w.-]*$", re.IGNORECASE)
 _PYPI_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
 _PYPI_EXTRAS = re.compile(r"^\[[A-Za-z0-9._,\s-]+\]$")
+# What may follow ``name@`` in npm: a version, a range or a tag; never a source
+# (``github:``, ``file:``, a URL), which npm would install from outside the registry.
+_NPM_VERSION = re.compile(r"^[A-Za-z0-9.^~<>=*|+\s-]+$")
+# What may follow ``tool@`` in uvx: one exact version.
+_PYPI_EXACT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.*+!_-]*$")
 _PYPI_VERSION = re.compile(r"^(==|>=|<=|~=|!=|>|<)\s*[A-Za-z0-9.*+!_-]+(\s*,.*)?$")
 
 
@@ -145,15 +152,22 @@ def _uvx(args: Sequence[str]) -> Launch:
         raise LaunchError("uvx names no tool to run")
 
     extra = tuple(_pypi_requirement(w) for w in options.get("--with", []))
-    python = (options.get("--python") or options.get("-p") or [None])[-1]
+    python = (options.get("--python") or [None])[-1]
     if "--from" in options:
         package = _pypi_requirement(options["--from"][-1])
         return Launch("uvx", "pypi", package, rest[0], tuple(rest[1:]), extra, python)
 
-    # ``uvx tool@1.2`` runs version 1.2 of the package named like its command.
+    # ``uvx tool@1.2`` runs version 1.2 of the package named like its command;
+    # ``tool@latest`` the newest, as does plain ``tool`` here, where nothing is
+    # reused from an earlier run without being recorded.
     name, at, version = rest[0].partition("@")
     package = _pypi_requirement(name)
-    if at:
+    if at and not _PYPI_EXACT.fullmatch(version):
+        raise LaunchError(
+            f"{rest[0]!r}: after '@' uvx takes a version such as 1.2 or 'latest'"
+        )
+
+    if at and version != "latest":
         package = Requirement(package.name, version, package.extras)
 
     command = package.name if package.extras or package.version else None
@@ -193,7 +207,7 @@ def _options(
             break
 
         if name in valued:
-            options.setdefault(name, []).append(
+            options.setdefault(_ALIASES.get(name, name), []).append(
                 value if has_value else _value(name, rest, runner)
             )
         elif option not in flags:
@@ -221,7 +235,8 @@ def _npm_requirement(text: str) -> Requirement:
     # that is not the scope's.
     at = text.rfind("@")
     name, version = (text[:at], text[at + 1 :]) if at > 0 else (text, None)
-    if not _NPM_NAME.fullmatch(name) or version == "":
+    good_version = version is None or _NPM_VERSION.fullmatch(version) is not None
+    if not _NPM_NAME.fullmatch(name) or not good_version:
         raise LaunchError(
             f"{text!r} is not a package of the npm registry (name[@version]);"
             " files, URLs and git repositories are not installed by the proxy"

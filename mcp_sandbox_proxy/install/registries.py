@@ -99,8 +99,8 @@ def _python_index(
     extras = tuple(
         url
         for name in _EXTRA_INDEX_VARIABLES
-        for url in environ.get(name, "").split()
-        if _is_remote(url)
+        for entry in environ.get(name, "").split()
+        if _is_remote(url := _index_url(entry))
     )
     for name in _PRIMARY_INDEX_VARIABLES:
         url = environ.get(name, "").strip()
@@ -124,6 +124,12 @@ def _pip_default_index() -> tuple[str, str]:
         ) from exc
 
     return str(PyPI.simple_url), str(PyPI.file_storage_domain)
+
+
+def _index_url(entry: str) -> str:
+    """The URL of an index entry; uv's ``UV_INDEX`` may name it: ``name=URL``."""
+    name, equals, url = entry.partition("=")
+    return url if equals and "://" not in name else entry
 
 
 def _is_remote(url: str) -> bool:

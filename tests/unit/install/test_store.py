@@ -1,0 +1,209 @@
+"""The record of installed packages: round trips, folders, locking, bad records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mcp_sandbox_proxy.exceptions import ConfigError
+from mcp_sandbox_proxy.install.store import (
+    LOCK_FILE,
+    RECORD_FILE,
+    Installed,
+    PackageStore,
+)
+
+
+def installed(key: str = "npm:pkg", version: str = "1.0.0", **extra: str) -> Installed:
+    """A recorded installation with every field set."""
+    fields = {
+        "package": "pkg",
+        "directory": "/cache/npm/pkg-1",
+        "program": "/cache/npm/pkg-1/bin/pkg",
+        "installed_at": "2024-05-01T12:00:00+00:00",
+        **extra,
+    }
+    return Installed(
+        key=key,
+        version=version,
+        registry=("npm.example.test:443", "files.example.test:443"),
+        **fields,
+    )
+
+
+def write_record(root: Path, data: object) -> Path:
+    """``installed.json`` with ``data`` as its content."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / RECORD_FILE
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def test_an_empty_store_has_no_installations(tmp_path: Path) -> None:
+    """No record file yet: nothing installed, and no file is made by reading."""
+    store = PackageStore(tmp_path / "cache")
+
+    assert store.all() == {}
+    assert store.get("npm:pkg") is None
+    assert not (tmp_path / "cache" / RECORD_FILE).exists()
+
+
+def test_put_then_get_gives_back_every_field(tmp_path: Path) -> None:
+    """A record written is read back equal, registry tuple included."""
+    entry = installed()
+    PackageStore(tmp_path).put(entry)
+
+    again = PackageStore(tmp_path).get("npm:pkg")
+
+    assert again == entry
+    assert again is not None
+    assert again.registry == ("npm.example.test:443", "files.example.test:443")
+    assert PackageStore(tmp_path).all() == {"npm:pkg": entry}
+
+
+def test_the_record_file_is_json_with_a_version(tmp_path: Path) -> None:
+    """The file on disk keeps the key outside the entry and the registry as a list."""
+    PackageStore(tmp_path).put(installed())
+
+    data = json.loads((tmp_path / RECORD_FILE).read_text(encoding="utf-8"))
+
+    assert data["version"] == 1
+    assert "key" not in data["packages"]["npm:pkg"]
+    assert data["packages"]["npm:pkg"]["registry"] == [
+        "npm.example.test:443",
+        "files.example.test:443",
+    ]
+
+
+def test_put_returns_the_entry_it_replaced(tmp_path: Path) -> None:
+    """First put replaces nothing; the second returns the first."""
+    store = PackageStore(tmp_path)
+    old, new = installed(version="1.0.0"), installed(version="2.0.0")
+
+    assert store.put(old) is None
+    assert store.put(new) == old
+    assert store.get("npm:pkg") == new
+
+
+def test_put_keeps_other_entries(tmp_path: Path) -> None:
+    """Recording one package leaves the others in place."""
+    store = PackageStore(tmp_path)
+    first, second = installed("npm:a"), installed("pypi:b")
+    store.put(first)
+    store.put(second)
+
+    assert store.all() == {"npm:a": first, "pypi:b": second}
+
+
+def test_in_use_tells_whether_a_folder_is_recorded(tmp_path: Path) -> None:
+    """Only a recorded installation's folder is in use."""
+    store = PackageStore(tmp_path)
+    store.put(installed(directory="/cache/npm/pkg-1"))
+
+    assert store.in_use("/cache/npm/pkg-1")
+    assert not store.in_use("/cache/npm/pkg-2")
+
+
+def test_folder_for_a_scoped_package_is_new_empty_and_safely_named(
+    tmp_path: Path,
+) -> None:
+    """``@scope/name`` gets a folder under root/npm with no ``/`` or ``@``."""
+    store = PackageStore(tmp_path / "cache")
+
+    folder = store.folder_for("npm", "@scope/name")
+    other = store.folder_for("npm", "@scope/name")
+
+    assert folder.parent == tmp_path / "cache" / "npm"
+    assert folder.is_dir()
+    assert list(folder.iterdir()) == []
+    assert "@" not in folder.name
+    assert "/" not in folder.name
+    assert folder.name.startswith("scope-name-")
+    assert other != folder
+
+
+def test_usable_follows_the_program_file(tmp_path: Path) -> None:
+    """A cleaned cache makes an installation unusable."""
+    program = tmp_path / "bin" / "pkg"
+    entry = installed(program=str(program))
+
+    assert not entry.usable()
+
+    program.parent.mkdir()
+    program.write_text("#!/bin/sh\n", encoding="utf-8")
+
+    assert entry.usable()
+
+
+def test_a_record_that_is_not_json_is_a_config_error(tmp_path: Path) -> None:
+    """The error names the file and says it is unreadable."""
+    path = tmp_path / RECORD_FILE
+    path.write_text("{not json", encoding="utf-8")
+
+    with pytest.raises(ConfigError, match="unreadable") as exc:
+        PackageStore(tmp_path).all()
+
+    assert exc.value.source == str(path)
+    assert str(path) in str(exc.value)
+
+
+@pytest.mark.parametrize("data", [{"version": 1}, [], {"packages": []}])
+def test_a_record_without_a_packages_map_is_a_config_error(
+    tmp_path: Path, data: object
+) -> None:
+    """JSON of the wrong shape is named as such."""
+    path = write_record(tmp_path, data)
+
+    with pytest.raises(ConfigError, match="no 'packages' map") as exc:
+        PackageStore(tmp_path).all()
+
+    assert exc.value.source == str(path)
+
+
+def test_an_entry_with_an_unknown_field_is_a_config_error(tmp_path: Path) -> None:
+    """The error names the entry's key and the field it does not know."""
+    fields = {
+        "package": "pkg",
+        "version": "1.0.0",
+        "directory": "/cache/npm/pkg-1",
+        "program": "/cache/npm/pkg-1/bin/pkg",
+        "installed_at": "2024-05-01T12:00:00+00:00",
+        "colour": "blue",
+    }
+    path = write_record(tmp_path, {"version": 1, "packages": {"npm:pkg": fields}})
+
+    wrong = r"packages\.npm:pkg: not a valid entry"
+    with pytest.raises(ConfigError, match=wrong) as exc:
+        PackageStore(tmp_path).all()
+
+    assert exc.value.source == str(path)
+    assert "colour" in str(exc.value)
+
+
+@pytest.mark.parametrize("entry", [None, 5, "text", {"package": "pkg"}])
+def test_an_entry_of_the_wrong_shape_is_a_config_error(
+    tmp_path: Path, entry: object
+) -> None:
+    """Not a map, or missing fields: named by its key, never a raw exception."""
+    path = write_record(tmp_path, {"packages": {"npm:pkg": entry}})
+
+    with pytest.raises(ConfigError, match="not a valid entry") as exc:
+        PackageStore(tmp_path).all()
+
+    assert exc.value.source == str(path)
+
+
+def test_the_lock_can_be_taken_twice_in_a_row(tmp_path: Path) -> None:
+    """Leaving the lock releases it; the lock file stays in the root."""
+    store = PackageStore(tmp_path / "cache")
+    entered = 0
+    with store.locked():
+        entered += 1
+
+    with store.locked():
+        entered += 1
+
+    assert entered == 2
+    assert (tmp_path / "cache" / LOCK_FILE).is_file()
