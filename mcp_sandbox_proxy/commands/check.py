@@ -19,11 +19,13 @@ from typing import TypeVar
 from mcp_sandbox_proxy.commands import Subparsers
 from mcp_sandbox_proxy.config import ProxyConfig, load_config
 from mcp_sandbox_proxy.exceptions import ConfigError
+from mcp_sandbox_proxy.install.servers import Instance, server_launches
 from mcp_sandbox_proxy.policy import PolicySet, ToolPins
 from mcp_sandbox_proxy.policy.loader import PolicyLibrary
 
 T = TypeVar("T")
 
+REGISTRY_NAMES = {"npm": "the npm registry", "pypi": "the Python package index"}
 EXIT_VALID = 0
 EXIT_INVALID = 1
 
@@ -86,12 +88,23 @@ def check_config(
     summary = [f"ok: {len(files)} policy files in {len(library.folders)} folders"]
     for name, server in config.enabled_servers().items():
         profiles = _collect(problems, partial(policies.profiles, name)) or []
+        instances: list[Instance] = []
         for policy in profiles:
-            _collect(problems, partial(policy.sandbox_spec, name, server, environ))
+            spec = _collect(
+                problems, partial(policy.sandbox_spec, name, server, environ)
+            )
+            if spec is not None:
+                instances.append(((name, policy.profile), spec, policy))
 
         names = ", ".join(sorted({p.name for p in profiles}))
         count = f"{len(profiles)} sandbox profile{'' if len(profiles) == 1 else 's'}"
         summary.append(f"ok: server {name}: {count} ({names})")
+        launches = _collect(problems, partial(server_launches, config, instances))
+        for launch in (launches or {}).values():
+            summary.append(
+                f"ok: server {name}: {launch.runner} installs {launch.describe()}"
+                f" from {REGISTRY_NAMES[launch.ecosystem]}, in a sandbox of its own"
+            )
 
     _collect(problems, partial(ToolPins.for_config, config, environ))
     return list(dict.fromkeys(problems)), summary

@@ -71,3 +71,35 @@ def test_an_invalid_configuration_file_is_reported(tmp_path: Path, run: Run) -> 
         " mcpServers.a.comand: unknown key",
         "1 problem(s) found",
     ]
+
+
+def test_servers_started_by_a_package_runner_are_checked_too(
+    configure: Configure, run: Run
+) -> None:
+    """What each runner line installs is summed up; an option the sandboxed
+    install cannot honour is a problem with its key path."""
+    good = configure(
+        {
+            "files": server("strict", command="npx", args=["-y", "@scope/files@2"]),
+            "time": server("strict", command="uvx", args=["mcp-server-time"]),
+        }
+    )
+
+    outcome = run("check", "--config", str(good))
+
+    assert outcome.status == 0
+    assert outcome.out.splitlines()[1:] == [
+        "ok: server files: 1 sandbox profile (strict)",
+        "ok: server files: npx installs @scope/files@2 from the npm registry,"
+        " in a sandbox of its own",
+        "ok: server time: 1 sandbox profile (strict)",
+        "ok: server time: uvx installs mcp-server-time from the Python package"
+        " index, in a sandbox of its own",
+    ]
+
+    bad = configure({"files": server("strict", command="npx", args=["-x", "pkg"])})
+
+    refused = run("check", "--config", str(bad))
+
+    assert refused.status == 1
+    assert "mcpServers.files.args: npx option '-x' is not supported" in refused.err
