@@ -30,6 +30,7 @@ import yaml
 
 from mcp_sandbox_proxy.config import SERVER_NAME_PATTERN, parse_config_text
 from mcp_sandbox_proxy.exceptions import ConfigError
+from mcp_sandbox_proxy.install.launchers import LaunchError, parse_launch
 from mcp_sandbox_proxy.policy.loader import POLICY_NAME
 
 # TODO(wrap-split): about 570 lines: reading and splicing the Claude Desktop file,
@@ -134,6 +135,8 @@ class WrapPlan:
     policies: dict[str, str]
     proxy_config: Path
     beside_proxy: tuple[str, ...] = ()
+    # Servers started by npx, uvx or pipx run: installed before their first start.
+    installed_first: tuple[str, ...] = ()
 
     @property
     def already_wrapped(self) -> bool:
@@ -164,7 +167,16 @@ def plan_wrap(request: WrapRequest, files: Files) -> WrapPlan:
     entry = proxy_entry(request.python, request.proxy_config_path)
     wrapped = replace_servers(text, {PROXY_SERVER_NAME: entry}).encode()
     changes = _wrap_changes(request, claude, files, proxy_text, wrapped)
-    return WrapPlan(changes, policies, request.proxy_config_path)
+    runners = tuple(n for n, entry in servers.items() if _runner_launched(entry))
+    return WrapPlan(changes, policies, request.proxy_config_path, (), runners)
+
+
+def _runner_launched(entry: Mapping[str, Any]) -> bool:
+    try:
+        return parse_launch(str(entry["command"]), entry.get("args") or []) is not None
+    except LaunchError:
+        # The proxy names the option it cannot honour when it starts.
+        return True
 
 
 def _wrap_changes(

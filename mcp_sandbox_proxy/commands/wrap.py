@@ -296,6 +296,12 @@ def _report_wrapped(claude_path: Path, plan: WrapPlan) -> None:
         "Restart Claude Desktop to start the proxy;"
         " `mcp-sandbox-proxy unwrap` undoes this.\n"
     )
+    if plan.installed_first:
+        sys.stdout.write(
+            f"{', '.join(plan.installed_first)} start(s) with npx, uvx or pipx run:"
+            " the proxy installs each package in a sandbox on its first start;"
+            f" `mcp-sandbox-proxy install -c {plan.proxy_config}` does it now.\n"
+        )
 
 
 def _report_already_wrapped(claude_path: Path, plan: WrapPlan) -> None:

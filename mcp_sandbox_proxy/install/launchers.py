@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import PurePath
 from typing import Literal
 
 Ecosystem = Literal["npm", "pypi"]
@@ -106,7 +105,8 @@ class Launch:
 def parse_launch(command: str, args: Sequence[str]) -> Launch | None:
     """The launch behind ``command args``, or ``None`` if no package runner is
     named; raises ``LaunchError`` naming the option it cannot honour."""
-    program = PurePath(command).name
+    # Windows paths too: a Claude Desktop file may come from there.
+    program = re.split(r"[\\/]", command)[-1].lower()
     if program in ("npx", "npx.cmd"):
         return _npx(args)
 

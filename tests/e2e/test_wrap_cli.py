@@ -120,6 +120,7 @@ def test_wrap_rewrites_claude_file_and_writes_a_loadable_proxy_config(
     result = user.run("wrap", "--server-policy", "time=compute-only")
     assert result.returncode == 0, result.stderr
     assert "Wrapped 3 server(s)" in result.stdout
+    assert "filesystem, time start(s) with npx, uvx or pipx run" in result.stdout
     claude = json.loads(user.claude.read_text())
     args = ["-m", "mcp_sandbox_proxy", "run", "--config", str(user.proxy_config)]
     assert claude["mcpServers"] == {

@@ -326,3 +326,8 @@ def test_uvx_short_and_long_python_options_are_one_option() -> None:
 def test_uvx_at_with_nothing_after_it_is_refused() -> None:
     with pytest.raises(LaunchError, match="after '@' uvx takes a version"):
         parse_launch("uvx", ["tool@"])
+
+
+def test_runner_paths_from_a_windows_configuration_are_recognised() -> None:
+    windows = parse_launch(r"C:\Program Files\uv\UVX.EXE", ["mcp-server-time"])
+    assert windows is not None and windows.runner == "uvx"
