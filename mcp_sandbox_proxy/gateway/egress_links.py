@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.abc
 
 from mcp_sandbox_proxy.gateway.gate import CallGate
 from mcp_sandbox_proxy.policy import ResolvedPolicy
-from mcp_sandbox_proxy.sandbox.egress import (
-    EgressAttempt,
-    EgressFilter,
-    hosts_first_resolver,
-)
 from mcp_sandbox_proxy.sandbox.spec import NetworkSpec, SandboxSpec
+
+if TYPE_CHECKING:
+    from mcp_sandbox_proxy.sandbox.egress import EgressAttempt
 
 
 async def with_egress(
@@ -35,6 +33,10 @@ async def with_egress(
     ``spec`` unchanged when the instance has no network at all."""
     if spec.network.mode != "egress":
         return spec
+
+    # Imported here: most configurations have no egress, and the filter's
+    # modules add about 10 ms to every start.
+    from mcp_sandbox_proxy.sandbox.egress import EgressFilter, hosts_first_resolver
 
     server, profile = key
     network = policy.policy.isolation.network

@@ -72,10 +72,10 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def parse_yaml(text: str, source: Path) -> tuple[Any, yaml.Node | None]:
-    """The document and its node tree (for line numbers); errors name the line."""
+def parse_yaml(text: str, source: Path) -> Any:
+    """The document; errors name the line."""
     try:
-        return yaml.load(text, Loader=_Loader), _compose(text)
+        return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -85,8 +85,13 @@ def parse_yaml(text: str, source: Path) -> tuple[Any, yaml.Node | None]:
         ) from exc
 
 
-def _compose(text: str) -> yaml.Node | None:
-    return _Loader(text).get_single_node()
+def compose_yaml(text: str) -> yaml.Node | None:
+    """The node tree of a document already parsed, for the line numbers of an
+    error: only a file found wrong is read a second time."""
+    try:
+        return _Loader(text).get_single_node()
+    except yaml.YAMLError:
+        return None
 
 
 def line_of(node: yaml.Node | None, loc: Sequence[str | int]) -> int | None:
@@ -264,7 +269,7 @@ class PolicyLibrary:
             )
 
         chain.append(path)
-        data, node = read_policy_file(path)
+        data = read_policy_file(path)
         parent = data.get("extends")
         if parent is None:
             return data
@@ -274,6 +279,7 @@ class PolicyLibrary:
             self.find(parent, after=after) if POLICY_NAME.match(parent) else None
         )
         if parent_path is None:
+            node = compose_yaml(path.read_text(encoding="utf-8"))
             line = line_of(node, ["extends"])
             raise ConfigError(
                 f"line {line}: extends: {self._missing(parent)}", source=str(path)
@@ -295,7 +301,7 @@ class PolicyLibrary:
         return f"no policy named {name!r} in the library (searched: {searched})"
 
 
-def read_policy_file(path: Path) -> tuple[dict[str, Any], yaml.Node | None]:
+def read_policy_file(path: Path) -> dict[str, Any]:
     """Read one file and validate it on its own; errors name file, line and key."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -304,9 +310,9 @@ def read_policy_file(path: Path) -> tuple[dict[str, Any], yaml.Node | None]:
             f"cannot read the policy file: {exc}", source=str(path)
         ) from exc
 
-    data, node = parse_yaml(text, path)
+    data = parse_yaml(text, path)
     if data is None:
-        return {}, node
+        return {}
 
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping of policy keys", source=str(path))
@@ -314,6 +320,7 @@ def read_policy_file(path: Path) -> tuple[dict[str, Any], yaml.Node | None]:
     try:
         Policy.model_validate(data)
     except ValidationError as exc:
+        node = compose_yaml(text)
         raise ConfigError(format_errors(exc, node), source=str(path)) from exc
 
-    return cast("dict[str, Any]", data), node
+    return cast("dict[str, Any]", data)

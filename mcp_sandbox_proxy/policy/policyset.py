@@ -19,7 +19,7 @@ import structlog
 
 from mcp_sandbox_proxy.config import ProxyConfig, ServerConfig
 from mcp_sandbox_proxy.exceptions import ConfigError
-from mcp_sandbox_proxy.policy.loader import PolicyLibrary, line_of, parse_yaml
+from mcp_sandbox_proxy.policy.loader import PolicyLibrary, compose_yaml, line_of
 from mcp_sandbox_proxy.policy.resolve import Expander, ResolvedPolicy, resolve_policy
 from mcp_sandbox_proxy.policy.rules import (
     Decision,
@@ -232,11 +232,9 @@ def config_error(
     line = None
     if config.source is not None:
         try:
-            _, node = parse_yaml(
-                config.source.read_text(encoding="utf-8"), config.source
-            )
+            node = compose_yaml(config.source.read_text(encoding="utf-8"))
             line = line_of(node, key)
-        except (OSError, UnicodeDecodeError, ConfigError):
+        except (OSError, UnicodeDecodeError):
             line = None
 
     where = f"line {line}: " if line else ""

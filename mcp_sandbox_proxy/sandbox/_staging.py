@@ -12,7 +12,6 @@ Nothing of this is visible outside the child and the sandbox made from it.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import stat
 from dataclasses import dataclass
@@ -25,7 +24,8 @@ MS_PRIVATE = 0x40000
 # Covers hold only empty folders and files to bind onto.
 COVER_OPTIONS = b"mode=0755,size=1m"
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# libc's symbols are the proxy's own: no ldconfig run to find the library.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)

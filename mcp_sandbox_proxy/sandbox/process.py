@@ -7,7 +7,6 @@ exists for development and tests, is chosen only by name, and warns at every sta
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import itertools
 import shutil
 import signal
@@ -22,7 +21,9 @@ from mcp_sandbox_proxy.sandbox.spec import SandboxSpec
 log = structlog.get_logger(__name__)
 
 PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# The proxy's own symbols include libc's: ``find_library`` would run ldconfig
+# in a child process at every start to find the same library.
+_libc = ctypes.CDLL(None, use_errno=True)
 _ids = itertools.count(1)
 
 
