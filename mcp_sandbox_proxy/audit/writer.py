@@ -89,6 +89,12 @@ class AuditLog:
         return audit
 
     @property
+    def records(self) -> bool:
+        """False when auditing is off: ``write`` then takes any event and keeps
+        nothing, so a caller may skip building the record."""
+        return self._journal is not None
+
+    @property
     def writes_without_waiting(self) -> bool:
         """True when ``write`` usually returns without waiting for the disk."""
         return self.settings.durability != "fsync"

@@ -156,21 +156,23 @@ class CallGate:
             )
 
         call = Call(client_id, server, tool, policy, admitted_at=time.monotonic())
-        call.fields = {
-            "request_id": client_id,
-            "server": server,
-            "tool": tool,
-            "policy": policy.name,
-            "policy_digest": policy.digest,
-            "rule": decision.rule,
-        }
-        await self._write(
-            "call_intent",
-            **call.fields,
-            decision="allow",
-            arguments=arguments,
-            redact_names=list(policy.redact_names),
-        )
+        if self._audit.records:
+            call.fields = {
+                "request_id": client_id,
+                "server": server,
+                "tool": tool,
+                "policy": policy.name,
+                "policy_digest": policy.digest,
+                "rule": decision.rule,
+            }
+            await self._write(
+                "call_intent",
+                **call.fields,
+                decision="allow",
+                arguments=arguments,
+                redact_names=list(policy.redact_names),
+            )
+
         call.sent_at = time.monotonic()
         self._calls[client_id] = call
         return call
@@ -210,6 +212,10 @@ class CallGate:
         if isinstance(result, dict):
             result = sanitize_result(result, call.policy)  # type: ignore[arg-type]
             response = {**response, "result": result}
+
+        if not self._audit.records:
+            # The digest and sizes exist for the record alone.
+            return response
 
         body = _canonical(result if result is not None else response.get("error"))
         is_error = (

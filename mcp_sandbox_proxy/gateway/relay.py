@@ -151,6 +151,7 @@ class Relay:
         self._client_progress: dict[int, tuple[Downstream, Any]] = {}
         self._buckets: dict[Downstream, RateBucket] = {}
         self._group: anyio.abc.TaskGroup | None = None
+        self._handlers = self._request_handlers()
 
     # -- client to servers -------------------------------------------------------
 
@@ -207,7 +208,7 @@ class Relay:
 
     async def _handle_request(self, message: Message) -> None:
         method: str = message["method"]
-        handler = self._request_handlers().get(method)
+        handler = self._handlers.get(method)
         if self.client_init is None and method not in ("initialize", "ping"):
             handler = self._refuse_before_initialize
 

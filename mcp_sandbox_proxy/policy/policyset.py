@@ -32,6 +32,10 @@ from mcp_sandbox_proxy.policy.rules import (
 
 log = structlog.get_logger(__name__)
 
+# Tools whose policy and tool rule are kept decided. Names come from the client,
+# so the table is bounded: past this it starts over.
+MAX_DECIDED_TOOLS = 1024
+
 
 @dataclass(frozen=True)
 class PolicyChoice:
@@ -75,6 +79,7 @@ class PolicySet:
         self.environ = environ
         self._limiter = RateLimiter(clock)
         self._resolved: dict[tuple[str, str], ResolvedPolicy] = {}
+        self._decided: dict[tuple[str, str], _ToolVerdict] = {}
 
     @classmethod
     def load(
@@ -134,8 +139,9 @@ class PolicySet:
 
     def check_call(self, server: str, tool: str, arguments: object) -> Decision:
         """The verdict on one call; counts it against the rate limit if allowed."""
-        policy = self.for_tool(server, tool)
-        violation = check_tool(policy, tool) or self._check_arguments(
+        verdict = self._tool_verdict(server, tool)
+        policy = verdict.allowed.policy
+        violation = verdict.refusal or self._check_arguments(
             server, tool, arguments, policy
         )
         if violation is None:
@@ -145,9 +151,25 @@ class PolicySet:
             log.info("tool_call_denied", server=server, tool=tool, rule=violation.rule)
             return Decision(False, violation.rule, violation.message, policy)
 
-        _, rule = tool_rule(policy.policy.tools, tool)
-        message = f"tool '{tool}' is allowed by policy '{policy.name}' ({rule})"
-        return Decision(True, rule, message, policy)
+        return verdict.allowed
+
+    def _tool_verdict(self, server: str, tool: str) -> _ToolVerdict:
+        """What a tool's name alone decides: policies do not change while the
+        proxy runs, so each call needs only its arguments and rate checked."""
+        key = (server, tool)
+        verdict = self._decided.get(key)
+        if verdict is None:
+            policy = self.for_tool(server, tool)
+            _, rule = tool_rule(policy.policy.tools, tool)
+            message = f"tool '{tool}' is allowed by policy '{policy.name}' ({rule})"
+            allowed = Decision(True, rule, message, policy)
+            verdict = _ToolVerdict(check_tool(policy, tool), allowed)
+            if len(self._decided) >= MAX_DECIDED_TOOLS:
+                self._decided.clear()
+
+            self._decided[key] = verdict
+
+        return verdict
 
     def variables(self, server: str) -> dict[str, str]:
         """The proxy's environment overlaid with the server's ``vars`` (which may
@@ -223,6 +245,14 @@ class PolicySet:
             self._resolved[cache_key] = resolved
 
         return self._resolved[cache_key]
+
+
+@dataclass(frozen=True)
+class _ToolVerdict:
+    """The tool rules' verdict on one tool, and the decision if its call passes."""
+
+    refusal: Violation | None
+    allowed: Decision
 
 
 def config_error(

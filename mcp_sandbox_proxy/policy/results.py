@@ -56,6 +56,8 @@ _INVISIBLE = re.compile(
 
 # Bytes that plain ASCII text may hold without any cleaning.
 _CLEAN_ASCII = bytes(range(0x20, 0x7F)) + b"\t\n"
+# The fields of a content block, by its type, that hold text shown to the model.
+_TEXT_FIELDS = {"text": ("text",), "resource_link": ("name", "title", "description")}
 
 
 def clean_text(text: str, rules: Results) -> str:
@@ -99,8 +101,7 @@ def _clean_block(block: Any, rules: Results) -> Any:
 
     block = dict(cast("dict[str, Any]", block))
     kind = block.get("type")
-    fields = {"text": ("text",), "resource_link": ("name", "title", "description")}
-    for key in fields.get(str(kind), ()):
+    for key in _TEXT_FIELDS.get(str(kind), ()):
         if isinstance(block.get(key), str):
             block[key] = clean_text(block[key], rules)
 
