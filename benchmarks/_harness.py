@@ -72,6 +72,13 @@ class LineClient:
         self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         return elapsed
 
+    def list_tools(self) -> list[str]:
+        """The names of the tools offered, as a client asks before calling any."""
+        request_id = self._next_id
+        self._next_id += 1
+        self.send({"jsonrpc": "2.0", "id": request_id, "method": "tools/list"})
+        return [tool["name"] for tool in self.receive()["result"]["tools"]]
+
     def call(self, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
         request_id = self._next_id
         self._next_id += 1
@@ -142,9 +149,14 @@ def rss_kib(pid: int) -> int:
 
 
 def proxy_config(
-    servers: dict[str, Any], *, audit: str = "off", backend: str = "process"
+    servers: dict[str, Any],
+    *,
+    audit: str = "off",
+    backend: str = "process",
+    poll_us: int | None = None,
 ) -> Path:
-    """A temporary proxy configuration with a permissive policy on ``backend``."""
+    """A temporary proxy configuration with a permissive policy on ``backend``;
+    ``poll_us`` sets ``proxy.pollMicroseconds`` (the default when ``None``)."""
     folder = Path(tempfile.mkdtemp(prefix="msp-bench-"))
     (folder / "policies").mkdir()
     policy = {
@@ -165,6 +177,9 @@ def proxy_config(
             "audit": {"path": str(folder / "audit.jsonl"), "durability": audit},
         },
     }
+    if poll_us is not None:
+        config["proxy"]["pollMicroseconds"] = poll_us
+
     path = folder / "proxy.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -4,11 +4,15 @@ Prints p50/p99 latency with one call in flight, calls/s with 16 in flight, a
 64 KiB payload case, spawn-to-initialize time and the proxy's RSS with three
 servers, each with its ratio against the direct connection. The proxy runs the
 ``process`` backend with auditing off, so the figures are the relay's own cost.
+Like a real client, each connection lists the tools before it calls one. The
+p50 is measured again with ``pollMicroseconds: 0``, to show what the poll before
+each sleep buys.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from _harness import (
     LineClient,
@@ -30,6 +34,7 @@ STARTS = 5
 
 
 def measure(client: LineClient, tool: str) -> dict[str, float]:
+    assert tool in client.list_tools()
     latencies_us(client, tool, {"text": "warm"}, 300)
     small = latencies_us(client, tool, {"text": "ping"}, CALLS)
     large = latencies_us(client, tool, {"text": "", "pad": PAYLOAD_BYTES}, CALLS // 5)
@@ -40,6 +45,14 @@ def measure(client: LineClient, tool: str) -> dict[str, float]:
             client, tool, {"text": "t"}, THROUGHPUT_CALLS, WINDOW
         ),
         "p50_64k_us": p50(large),
+    }
+
+
+def servers() -> dict[str, Any]:
+    """Three echo servers behind one proxy."""
+    return {
+        name: {"command": echo_argv()[0], "args": echo_argv()[1:]}
+        for name in ("one", "two", "three")
     }
 
 
@@ -59,13 +72,7 @@ def main() -> None:
     direct_figures = measure(direct, "echo")
     direct.close()
 
-    config = proxy_config(
-        {
-            name: {"command": echo_argv()[0], "args": echo_argv()[1:]}
-            for name in ("one", "two", "three")
-        }
-    )
-    proxied = LineClient(proxy_argv(config))
+    proxied = LineClient(proxy_argv(proxy_config(servers())))
     proxied.initialize()
     proxy_figures = measure(proxied, "one__echo")
     time.sleep(0.2)
@@ -77,6 +84,13 @@ def main() -> None:
     )
     direct_start = start_time_ms(echo_argv())
     proxy_start = start_time_ms(proxy_argv(single))
+    # The same calls with polling off: what the poll before each sleep buys.
+    unpolled = LineClient(proxy_argv(proxy_config(servers(), poll_us=0)))
+    unpolled.initialize()
+    assert "one__echo" in unpolled.list_tools()
+    latencies_us(unpolled, "one__echo", {"text": "warm"}, 300)
+    unpolled_p50 = p50(latencies_us(unpolled, "one__echo", {"text": "ping"}, CALLS))
+    unpolled.close()
 
     print(f"{'measure':<28}{'direct':>12}{'proxy':>12}{'ratio':>8}{'added':>12}")
     for key, label in (
@@ -88,6 +102,11 @@ def main() -> None:
         d, p = direct_figures[key], proxy_figures[key]
         print(f"{label:<28}{d:>12.1f}{p:>12.1f}{p / d:>8.2f}{p - d:>12.1f}")
 
+    d = direct_figures["p50_us"]
+    print(
+        f"{'p50, polling off (us)':<28}{d:>12.1f}{unpolled_p50:>12.1f}"
+        f"{unpolled_p50 / d:>8.2f}{unpolled_p50 - d:>12.1f}"
+    )
     print(
         f"{'spawn to initialize (ms)':<28}{direct_start:>12.1f}{proxy_start:>12.1f}"
         f"{proxy_start / direct_start:>8.2f}{proxy_start - direct_start:>12.1f}"

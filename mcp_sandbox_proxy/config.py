@@ -94,6 +94,8 @@ class ProxySettings(_Strict):
 
     ``egressHosts`` maps names to addresses for the egress filters, consulted
     before DNS as a hosts file is: for names only a private network knows.
+    ``pollMicroseconds`` is how long the proxy polls for the next message after
+    activity before it sleeps (``fdio.PollingSelector``); 0 turns polling off.
     """
 
     policy_paths: tuple[Path, ...] = Field(default=(), alias="policyPaths")
@@ -102,6 +104,9 @@ class ProxySettings(_Strict):
     install: InstallConfig = InstallConfig()
     egress_hosts: dict[str, tuple[str, ...]] = Field(
         default_factory=dict, alias="egressHosts"
+    )
+    poll_microseconds: int = Field(
+        default=200, ge=0, le=10_000, alias="pollMicroseconds"
     )
     log_format: Literal["console", "json"] = Field(default="console", alias="logFormat")
     log_level: Literal["debug", "info", "warning", "error"] = Field(

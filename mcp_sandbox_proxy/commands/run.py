@@ -34,6 +34,7 @@ def register(subparsers: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mcp_sandbox_proxy.fdio import polling_loop
     from mcp_sandbox_proxy.gateway.serve import serve
 
     config = load_config(args.config)
@@ -43,4 +44,5 @@ def run(args: argparse.Namespace) -> int:
         format=args.log_format or settings.log_format,
     )
     policies = PolicySet.load(config)
-    return anyio.run(serve, config, policies)
+    loop = {"loop_factory": polling_loop(settings.poll_microseconds / 1e6)}
+    return anyio.run(serve, config, policies, backend_options=loop)

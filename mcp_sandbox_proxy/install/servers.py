@@ -36,8 +36,8 @@ def server_launches(
             continue
 
         if policy.backend == "docker":
-            # TODO: install into a volume the container mounts; until then an
-            # image with the server in it is the way to run it under docker.
+            # TODO(docker-install): install into a volume the container mounts; until
+            # then an image with the server in it runs it under docker.
             raise config_error(
                 config,
                 ("mcpServers", server, "command"),
