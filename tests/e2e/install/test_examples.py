@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 import yaml
 from mcp import MCPError
@@ -22,6 +21,7 @@ from tests.e2e.sandbox.test_real_servers_in_namespace import (
     text_of,
 )
 from tests.support.proxy_client import proxy_session
+from tests.support.repositories import one_commit_repository
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.anyio, pytest.mark.timeout(600)]
 
@@ -111,14 +111,8 @@ async def test_git_example_logs_a_repository(
     package_cache: Path, tmp_path: Path
 ) -> None:
     """``uvx mcp-server-git`` reads the repository named by GIT_REPOSITORY."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "README.md").write_text("hello\n")
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
-    await anyio.run_process([*git, "init", "-q"])
-    await anyio.run_process([*git, "add", "README.md"])
-    await anyio.run_process([*git, "commit", "-qm", "Write the first note"])
-    await anyio.run_process(["chown", "-R", f"{NOBODY}:{NOBODY}", str(repo)])
+    message = "Write the first note"
+    repo = one_commit_repository(tmp_path / "repo", message, owner=NOBODY)
     env = proxy_env(package_cache, tmp_path / "state", GIT_REPOSITORY=str(repo))
     async with proxy_session(EXAMPLES / "git-uvx.yaml", env=env) as session:
         names = {t.name for t in (await session.list_tools()).tools}

@@ -6,13 +6,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 import yaml
 from mcp import MCPError
 
 from tests.conftest import WriteConfig
 from tests.support.proxy_client import proxy_session
+from tests.support.repositories import one_commit_repository
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.anyio]
 NOBODY = 65534
@@ -53,14 +53,7 @@ async def test_git_server_reads_a_repository_granted_read_only(
     write_config: WriteConfig, git_server: Path, tmp_path: Path
 ) -> None:
     """mcp-server-git logs a repository; its write tools are not even listed."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "README.md").write_text("hello\n")
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
-    await anyio.run_process([*git, "init", "-q"])
-    await anyio.run_process([*git, "add", "README.md"])
-    await anyio.run_process([*git, "commit", "-qm", "first commit"])
-    await anyio.run_process(["chown", "-R", f"{NOBODY}:{NOBODY}", str(repo)])
+    repo = one_commit_repository(tmp_path / "repo", "first commit", owner=NOBODY)
     config = write_config(
         {
             "git": {

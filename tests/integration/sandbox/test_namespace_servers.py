@@ -7,7 +7,6 @@ Python server: the runtimes the allow-list is written for.
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from mcp.client.session import ClientSession
 
 from mcp_sandbox_proxy.sandbox.namespace import NamespaceBackend
 from mcp_sandbox_proxy.sandbox.spec import NOBODY_GID, NOBODY_UID, Mount, SandboxSpec
+from tests.support.repositories import one_commit_repository
 from tests.support.sandbox_client import sandbox_session
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.anyio]
@@ -91,14 +91,7 @@ async def test_a_node_server_reads_a_granted_folder(
 @pytest.fixture
 def repository(tmp_path: Path) -> Path:
     """A git repository with one commit, owned by the user running the tests."""
-    folder = tmp_path / "repository"
-    folder.mkdir()
-    (folder / "notes.txt").write_text("kept on the host\n")
-    git = ["git", "-C", str(folder), "-c", "user.name=t", "-c", "user.email=t@t"]
-    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "first"]):
-        subprocess.run([*git, *args], check=True, capture_output=True)
-
-    return folder
+    return one_commit_repository(tmp_path / "repository", "first")
 
 
 async def test_a_python_server_drives_git(git_server: Path, repository: Path) -> None:
