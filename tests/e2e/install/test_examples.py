@@ -202,3 +202,37 @@ def test_claude_desktop_snippet_starts_the_proxy_once() -> None:
 
     assert "run" in entry["args"] and "--config" in entry["args"]
     assert entry["args"][entry["args"].index("--config") + 1].endswith(".yaml")
+
+
+def test_the_quickstart_tour_runs_as_the_demo_runs_it(
+    package_cache: Path, tmp_path: Path
+) -> None:
+    """What ``scripts/demo.sh`` shows a new user: the example's servers installed
+    from their registries, listed, then the tour through the proxy, whose audit
+    trail verifies."""
+    env = {
+        **os.environ,
+        **proxy_env(package_cache, tmp_path / "state"),
+        "MCP_SANDBOX_PROXY_DEMO_DIR": str(nobody_folder(tmp_path / "notes")),
+        "PYTHONPATH": str(REPO),
+    }
+    config = str(EXAMPLES / "quickstart.yaml")
+    steps = [
+        [*CLI, "install", "--config", config],
+        [*CLI, "install", "--config", config, "--list"],
+        [sys.executable, str(EXAMPLES / "try_it.py"), config],
+    ]
+    outputs = []
+    for step in steps:
+        done = subprocess.run(
+            step, env=env, capture_output=True, text=True, timeout=300, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout)
+
+    installed, listed, tour = outputs
+    assert installed.count(" installed\n") == 2
+    assert "not yet" not in listed
+    assert "notes__write_file" in tour and "time__get_current_time" in tour
+    assert tour.count(": refused\nDenied: argument 'path'") == 2
+    assert "ok: " in tour.split("== audit-log verify")[1]
