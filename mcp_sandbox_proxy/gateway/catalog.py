@@ -23,6 +23,10 @@ log = structlog.get_logger(__name__)
 
 MAX_NAME_LENGTH = 128
 SUFFIX_HEX_DIGITS = 8
+# Unlisted names already parsed by prefix, kept so that a client that calls
+# without listing first pays the parse once. Names come from the client, so the
+# table is bounded: past this it starts over.
+MAX_PARSED_NAMES = 1024
 _INVALID_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -51,11 +55,14 @@ def make_name(prefix: str, name: str) -> str:
 
 @dataclass
 class NameTable:
-    """Exposed names of one kind (tools or prompts) and where they come from."""
+    """Exposed names of one kind (tools or prompts) and where they come from;
+    ``prefixes`` maps each server to the prefix of its names."""
 
     kind: str
+    prefixes: dict[str, str] = field(default_factory=lambda: {})
     _by_exposed: dict[str, Origin] = field(default_factory=lambda: {})
     _by_origin: dict[Origin, str] = field(default_factory=lambda: {})
+    _parsed: dict[str, Origin | None] = field(default_factory=lambda: {})
 
     def expose(self, prefix: str, origin: Origin) -> str:
         """The name the client sees for ``origin``, stable once given."""
@@ -81,24 +88,34 @@ class NameTable:
         self._by_origin[origin] = exposed
         return exposed
 
-    def resolve(self, exposed: str, prefixes: dict[str, str]) -> Origin | None:
+    def resolve(self, exposed: str) -> Origin | None:
         """The origin of an exposed name; unlisted names are parsed by prefix."""
         origin = self._by_exposed.get(exposed)
         if origin is not None:
             return origin
 
+        if exposed in self._parsed:
+            return self._parsed[exposed]
+
+        if len(self._parsed) >= MAX_PARSED_NAMES:
+            self._parsed.clear()
+
+        origin = self._parsed[exposed] = self._parse(exposed)
+        return origin
+
+    def _parse(self, exposed: str) -> Origin | None:
         # A client may call a name it has not listed in this connection: take the
         # longest prefix that matches, as the names were built that way.
         matches = [
             (len(prefix), server)
-            for server, prefix in prefixes.items()
+            for server, prefix in self.prefixes.items()
             if exposed.startswith(prefix) and len(exposed) > len(prefix)
         ]
         if not matches:
             return None
 
         _, server = max(matches)
-        return Origin(server, exposed[len(prefixes[server]) :])
+        return Origin(server, exposed[len(self.prefixes[server]) :])
 
     def forget_server(self, server: str) -> None:
         """Drop the names of ``server`` (it went away); others keep theirs."""

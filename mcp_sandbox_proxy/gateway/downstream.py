@@ -15,7 +15,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
@@ -77,7 +77,7 @@ class InstanceBounds:
     client_answer_timeout_s: float = CLIENT_ANSWER_TIMEOUT_S
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     """A request sent to the server that awaits its response."""
 
@@ -85,7 +85,6 @@ class Pending:
     deliver: ResponseCallback
     client_id: jsonrpc.RequestId | None = None
     deadline: float = float("inf")
-    meta: dict[str, Any] = field(default_factory=lambda: {})
 
 
 class StderrTail:

@@ -31,7 +31,7 @@ from mcp_sandbox_proxy.gateway.cursors import (
 )
 from mcp_sandbox_proxy.gateway.downstream import CANCEL_GRACE_S, Downstream, Pending
 from mcp_sandbox_proxy.gateway.front import ClientChannel
-from mcp_sandbox_proxy.gateway.gate import CallGate, Denied
+from mcp_sandbox_proxy.gateway.gate import Call, CallGate, Denied
 from mcp_sandbox_proxy.gateway.jsonrpc import Message, RequestId
 from mcp_sandbox_proxy.gateway.pool import Pool
 
@@ -88,7 +88,7 @@ class ServerRequestRoute:
     token: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class InFlight:
     """A client request forwarded to a server, and what it holds in the tables."""
 
@@ -135,8 +135,8 @@ class Relay:
         self.pool: Pool | None = None
         self.prefixes = prefixes
         self.default_profiles = default_profiles
-        self.tools = NameTable("tool")
-        self.prompts = NameTable("prompt")
+        self.tools = NameTable("tool", prefixes)
+        self.prompts = NameTable("prompt", prefixes)
         self.resources = ResourceRoutes()
         self.client_init: Message | None = None
         self.protocol_version = HANDSHAKE_VERSIONS[-1]
@@ -163,8 +163,9 @@ class Relay:
                 return
 
             self._handling.add(message["id"])
-            if message["method"] == "tools/call" and self._can_call_inline(message):
-                await self._handle_request(message)
+            origin = self._inline_tool(message)
+            if origin is not None:
+                await self._handle_request(message, origin)
             else:
                 assert self._group is not None
                 self._group.start_soon(self._handle_request, message)
@@ -193,20 +194,28 @@ class Relay:
 
         return None
 
-    def _can_call_inline(self, message: Message) -> bool:
-        """Whether a call can be relayed without making the reader wait: its
-        instance is up and the audit log does not wait for the disk."""
-        if self.client_init is None or not self.gate.writes_without_waiting:
-            return False
+    def _inline_tool(self, message: Message) -> Origin | None:
+        """The tool of a call that can be relayed without making the reader wait
+        (its instance is up and the audit log does not wait for the disk), so
+        that the call is resolved once; None for any other request."""
+        if (
+            message["method"] != "tools/call"
+            or self.client_init is None
+            or not self.gate.writes_without_waiting
+        ):
+            return None
 
-        name = _params(message).get("name")
-        origin = (
-            self.tools.resolve(name, self.prefixes) if isinstance(name, str) else None
-        )
+        origin = self._tool_origin(_params(message))
         assert self.pool is not None
-        return origin is not None and self.pool.server_ready(origin.server)
+        if origin is None or not self.pool.server_ready(origin.server):
+            return None
 
-    async def _handle_request(self, message: Message) -> None:
+        return origin
+
+    async def _handle_request(
+        self, message: Message, origin: Origin | None = None
+    ) -> None:
+        """Answer one request; ``origin`` is the tool of a call resolved already."""
         method: str = message["method"]
         handler = self._handlers.get(method)
         if self.client_init is None and method not in ("initialize", "ping"):
@@ -217,6 +226,8 @@ class Relay:
                 await self._reply_error(
                     message, jsonrpc.METHOD_NOT_FOUND, f"Method not found: {method}"
                 )
+            elif origin is not None:
+                await self._call_tool(message, origin)
             else:
                 await handler(message)
         except DownstreamError as exc:
@@ -480,41 +491,43 @@ class Relay:
 
     # -- routed requests ---------------------------------------------------------
 
-    async def _call_tool(self, message: Message) -> None:
+    async def _call_tool(self, message: Message, origin: Origin | None = None) -> None:
         params = _params(message)
-        name = params.get("name")
-        origin = (
-            self.tools.resolve(name, self.prefixes) if isinstance(name, str) else None
-        )
-        if origin is None or origin.server not in self.default_profiles:
+        if origin is None:
+            origin = self._tool_origin(params)
+
+        if origin is None:
             await self._reply_error(
-                message, jsonrpc.INVALID_PARAMS, f"Unknown tool: {name}"
+                message, jsonrpc.INVALID_PARAMS, f"Unknown tool: {params.get('name')}"
             )
             return
 
         call = await self.gate.admit(message["id"], origin.server, origin.name, params)
         outgoing = {**message, "params": {**params, "name": origin.name}}
-
-        async def finish(response: Message) -> Message:
-            return await self.gate.complete(call, response)
-
         assert self.pool is not None
         try:
             # The call's deadline bounds the wait for a restarting server too.
             link = await self.pool.get((origin.server, call.profile), call.timeout_s)
-            await self._forward(link, outgoing, finish, call.timeout_s)
+            await self._forward(link, outgoing, call, call.timeout_s)
         except DownstreamError as exc:
             error = jsonrpc.error_response(
                 message["id"], jsonrpc.SERVER_UNAVAILABLE, str(exc)
             )
-            await self.front.send(await self._finished(error, finish))
+            await self.front.send(await self._completed(call, error))
+
+    def _tool_origin(self, params: Message) -> Origin | None:
+        """The server and own name of the tool a call names, if one of ours."""
+        name = params.get("name")
+        origin = self.tools.resolve(name) if isinstance(name, str) else None
+        if origin is None or origin.server not in self.default_profiles:
+            return None
+
+        return origin
 
     async def _get_prompt(self, message: Message) -> None:
         params = _params(message)
         name = params.get("name")
-        origin = (
-            self.prompts.resolve(name, self.prefixes) if isinstance(name, str) else None
-        )
+        origin = self.prompts.resolve(name) if isinstance(name, str) else None
         if origin is None or origin.server not in self.default_profiles:
             await self._reply_error(
                 message, jsonrpc.INVALID_PARAMS, f"Unknown prompt: {name}"
@@ -542,7 +555,7 @@ class Relay:
         name, uri = ref.get("name"), ref.get("uri")
         link: Downstream | None = None
         if ref.get("type") == "ref/prompt" and isinstance(name, str):
-            origin = self.prompts.resolve(name, self.prefixes)
+            origin = self.prompts.resolve(name)
             if origin is not None and origin.server in self.default_profiles:
                 link = await self._default_link(origin.server)
                 params = {**params, "ref": {**ref, "name": origin.name}}
@@ -577,9 +590,11 @@ class Relay:
         self,
         link: Downstream,
         message: Message,
-        finish: Callable[[Message], Awaitable[Message]] | None = None,
+        call: Call | None = None,
         timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
     ) -> None:
+        """Send a client's request on to ``link``; its answer goes back through
+        the gate when it is the tool ``call``."""
         client_id: RequestId = message["id"]
         if client_id in self._cancelled:
             await self._record_cancelled(client_id)
@@ -589,8 +604,13 @@ class Relay:
 
         async def deliver(response: Message) -> None:
             self._release(client_id, token)
-            response = {**response, "id": client_id}
-            await self.front.send(await self._finished(response, finish))
+            # Every response handed here is the relay's own, decoded or built
+            # for it alone: its id is set in place rather than copied.
+            response["id"] = client_id
+            if call is not None:
+                response = await self._completed(call, response)
+
+            await self.front.send(response)
 
         # The route is in the table before the request leaves: its answer may
         # come back before ``send_request`` returns.
@@ -611,15 +631,10 @@ class Relay:
         if token is not None:
             self._progress.pop(token, None)
 
-    async def _finished(
-        self, response: Message, finish: Callable[[Message], Awaitable[Message]] | None
-    ) -> Message:
-        """``response`` through ``finish``; a refusal there becomes the answer."""
-        if finish is None:
-            return response
-
+    async def _completed(self, call: Call, response: Message) -> Message:
+        """``response`` through the gate; a refusal there becomes the answer."""
         try:
-            return await finish(response)
+            return await self.gate.complete(call, response)
         except Denied as exc:
             return jsonrpc.error_response(
                 response.get("id"), exc.code, str(exc), exc.data
