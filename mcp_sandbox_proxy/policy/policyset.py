@@ -20,11 +20,13 @@ import structlog
 from mcp_sandbox_proxy.config import ProxyConfig, ServerConfig
 from mcp_sandbox_proxy.exceptions import ConfigError
 from mcp_sandbox_proxy.policy.loader import PolicyLibrary, compose_yaml, line_of
+from mcp_sandbox_proxy.policy.models import ArgumentRule
 from mcp_sandbox_proxy.policy.resolve import Expander, ResolvedPolicy, resolve_policy
 from mcp_sandbox_proxy.policy.rules import (
     Decision,
     RateLimiter,
     Violation,
+    argument_rules,
     check_arguments,
     check_tool,
     tool_rule,
@@ -141,9 +143,7 @@ class PolicySet:
         """The verdict on one call; counts it against the rate limit if allowed."""
         verdict = self._tool_verdict(server, tool)
         policy = verdict.allowed.policy
-        violation = verdict.refusal or self._check_arguments(
-            server, tool, arguments, policy
-        )
+        violation = verdict.refusal or _check_arguments(tool, arguments, verdict)
         if violation is None:
             violation = self._check_rate(server, tool, policy)
 
@@ -163,7 +163,13 @@ class PolicySet:
             _, rule = tool_rule(policy.policy.tools, tool)
             message = f"tool '{tool}' is allowed by policy '{policy.name}' ({rule})"
             allowed = Decision(True, rule, message, policy)
-            verdict = _ToolVerdict(check_tool(policy, tool), allowed)
+            cwd = self.server(server).cwd
+            verdict = _ToolVerdict(
+                check_tool(policy, tool),
+                allowed,
+                argument_rules(policy, tool),
+                str(cwd) if cwd else None,
+            )
             if len(self._decided) >= MAX_DECIDED_TOOLS:
                 self._decided.clear()
 
@@ -195,20 +201,6 @@ class PolicySet:
         )
         cwd = config.cwd and Path(expand.text(str(config.cwd), f"{where}.cwd"))
         return config.model_copy(update={"args": args, "cwd": cwd})
-
-    def _check_arguments(
-        self, server: str, tool: str, arguments: object, policy: ResolvedPolicy
-    ) -> Violation | None:
-        if arguments is None:
-            arguments = {}
-
-        if not isinstance(arguments, Mapping):
-            message = f"the arguments of tool '{tool}' must be an object"
-            return Violation("arguments", message)
-
-        cwd = self.server(server).cwd
-        args = cast("Mapping[str, Any]", arguments)
-        return check_arguments(policy, tool, args, str(cwd) if cwd else None)
 
     def _check_rate(
         self, server: str, tool: str, policy: ResolvedPolicy
@@ -249,10 +241,33 @@ class PolicySet:
 
 @dataclass(frozen=True)
 class _ToolVerdict:
-    """The tool rules' verdict on one tool, and the decision if its call passes."""
+    """The tool rules' verdict on one tool, the decision if its call passes, and
+    what its arguments are checked against: its rules, and the folder that
+    relative paths start from."""
 
     refusal: Violation | None
     allowed: Decision
+    argument_rules: tuple[tuple[str, ArgumentRule], ...]
+    cwd: str | None
+
+
+def _check_arguments(
+    tool: str, arguments: object, verdict: _ToolVerdict
+) -> Violation | None:
+    if arguments is None:
+        arguments = {}
+
+    # A dict, as JSON gives, is tested first: the Mapping test is far slower.
+    if not isinstance(arguments, dict) and not isinstance(arguments, Mapping):
+        message = f"the arguments of tool '{tool}' must be an object"
+        return Violation("arguments", message)
+
+    if not verdict.argument_rules:
+        return None
+
+    args = cast("Mapping[str, Any]", arguments)
+    policy = verdict.allowed.policy
+    return check_arguments(policy, tool, args, verdict.cwd, verdict.argument_rules)
 
 
 def config_error(

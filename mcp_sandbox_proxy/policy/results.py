@@ -64,7 +64,11 @@ def clean_text(text: str, rules: Results) -> str:
     """``text`` without terminal escapes and invisible characters (per ``rules``)."""
     if text.isascii():
         # The common case, checked in C at memory speed: invisible characters
-        # are never ASCII, and most text holds no control character at all.
+        # are never ASCII, and most text holds no control character at all
+        # (a single line of it none, not even a tab).
+        if text.isprintable():
+            return text
+
         controls = text.encode("ascii").translate(None, _CLEAN_ASCII)
         if not controls or rules.allow_terminal_escapes:
             return text
@@ -81,7 +85,8 @@ def clean_text(text: str, rules: Results) -> str:
 
 
 def sanitize_result(result: dict[str, Any], policy: ResolvedPolicy) -> dict[str, Any]:
-    """A cleaned copy of ``result``, cut to ``policy.max_result_bytes``."""
+    """A cleaned copy of ``result``, cut to ``policy.max_result_bytes``; blocks
+    that needed no cleaning are shared with ``result``, never changed."""
     rules = policy.policy.results
     cleaned = dict(result)
     if isinstance(result.get("content"), list):
@@ -96,24 +101,27 @@ def sanitize_result(result: dict[str, Any], policy: ResolvedPolicy) -> dict[str,
 
 
 def _clean_block(block: Any, rules: Results) -> Any:
+    """``block`` with its text cleaned: a copy if any text changed, else the block
+    itself (most results need no cleaning, and a copy costs every call)."""
     if not isinstance(block, dict):
         return block
 
-    block = dict(cast("dict[str, Any]", block))
-    kind = block.get("type")
-    for key in _TEXT_FIELDS.get(str(kind), ()):
-        if isinstance(block.get(key), str):
-            block[key] = clean_text(block[key], rules)
+    fields = cast("dict[str, Any]", block)
+    kind = fields.get("type")
+    changed: dict[str, Any] = {}
+    for key in _TEXT_FIELDS.get(kind if isinstance(kind, str) else "", ()):
+        text = fields.get(key)
+        if isinstance(text, str) and (clean := clean_text(text, rules)) != text:
+            changed[key] = clean
 
-    resource = block.get("resource")
+    resource = fields.get("resource")
     if kind == "resource" and isinstance(resource, dict):
-        resource = dict(cast("dict[str, Any]", resource))
-        if isinstance(resource.get("text"), str):
-            resource["text"] = clean_text(resource["text"], rules)
+        resource = cast("dict[str, Any]", resource)
+        text = resource.get("text")
+        if isinstance(text, str) and (clean := clean_text(text, rules)) != text:
+            changed["resource"] = {**resource, "text": clean}
 
-        block["resource"] = resource
-
-    return block
+    return {**fields, **changed} if changed else fields
 
 
 def _clean_json(value: Any, rules: Results) -> Any:
@@ -132,7 +140,10 @@ def _clean_json(value: Any, rules: Results) -> Any:
 
 def result_size(result: dict[str, Any]) -> int:
     """Bytes of a result's payload: text, base64 data, and structured content."""
-    size = sum(_block_size(block) for block in _content(result))
+    size = 0
+    for block in _content(result):
+        size += _block_size(block)
+
     if result.get("structuredContent") is not None:
         size += _json_size(result["structuredContent"])
 
@@ -156,6 +167,10 @@ def _block_size(block: Any) -> int:
         payload = resource.get("text", resource.get("blob"))
 
     if isinstance(payload, str):
+        # ASCII, the common case, has as many bytes as characters.
+        if payload.isascii():
+            return len(payload)
+
         return len(payload.encode("utf-8", "surrogatepass"))
 
     return _json_size(block)

@@ -16,7 +16,7 @@ import json
 import os
 import re
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
@@ -74,10 +74,18 @@ def check_tool(policy: ResolvedPolicy, tool: str) -> Violation | None:
 
 
 def check_arguments(
-    policy: ResolvedPolicy, tool: str, arguments: Mapping[str, Any], cwd: str | None
+    policy: ResolvedPolicy,
+    tool: str,
+    arguments: Mapping[str, Any],
+    cwd: str | None,
+    rules: Iterable[tuple[str, ArgumentRule]] | None = None,
 ) -> Violation | None:
-    """The first argument rule that ``arguments`` break, in the order written."""
-    for arg_glob, rule in _rules_for(policy, tool):
+    """The first argument rule that ``arguments`` break, in the order written;
+    ``rules`` are ``argument_rules(policy, tool)`` when the caller kept them."""
+    if rules is None:
+        rules = argument_rules(policy, tool)
+
+    for arg_glob, rule in rules:
         for name, value in arguments.items():
             if not fnmatchcase(name, arg_glob):
                 continue
@@ -94,10 +102,17 @@ def check_arguments(
     return None
 
 
-def _rules_for(policy: ResolvedPolicy, tool: str) -> Iterator[tuple[str, ArgumentRule]]:
-    for tool_glob, rules in policy.policy.arguments.items():
-        if fnmatchcase(tool, tool_glob):
-            yield from rules.items()
+def argument_rules(
+    policy: ResolvedPolicy, tool: str
+) -> tuple[tuple[str, ArgumentRule], ...]:
+    """The argument rules of ``policy`` that apply to ``tool``, in the order
+    written, each with the glob of the argument names it checks."""
+    return tuple(
+        item
+        for tool_glob, rules in policy.policy.arguments.items()
+        if fnmatchcase(tool, tool_glob)
+        for item in rules.items()
+    )
 
 
 def _check_argument(
