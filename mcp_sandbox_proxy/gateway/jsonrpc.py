@@ -56,6 +56,18 @@ class LineSplitter:
 
     def feed(self, data: bytes) -> Iterator[bytes | FrameTooLarge]:
         """Yield each complete line of ``data`` (and what came before it)."""
+        if not self._buffer and not self._discarding and len(data) <= self.max_bytes:
+            # The common case, a chunk that starts with a message: no line in it
+            # can be too long, so one split in C finds them all.
+            *lines, rest = data.split(b"\n")
+            if rest:
+                self._buffer += rest
+
+            return iter(lines)
+
+        return self._feed_slowly(data)
+
+    def _feed_slowly(self, data: bytes) -> Iterator[bytes | FrameTooLarge]:
         start = 0
         while (end := data.find(b"\n", start)) != -1:
             if self._discarding:
@@ -91,7 +103,14 @@ class DecodeError(Exception):
 
 def decode(line: bytes) -> Message:
     """Parse one line into a message dict, or raise ``DecodeError``."""
-    if _nesting_exceeds(line, MAX_NESTING):
+    # Only a line with that many brackets at all can be too deep, and only a
+    # line that long can hold them: cheap filters in front of the exact scan
+    # keep the common path fast.
+    if (
+        len(line) > MAX_NESTING
+        and line.count(b"[") + line.count(b"{") > MAX_NESTING
+        and _nesting_exceeds(line, MAX_NESTING)
+    ):
         raise DecodeError(PARSE_ERROR, "Parse error: JSON nested too deeply", None)
 
     try:
@@ -145,11 +164,6 @@ def as_request_id(value: Any) -> RequestId | None:
 
 
 def _nesting_exceeds(line: bytes, limit: int) -> bool:
-    # Only a line with that many brackets at all can be too deep: a cheap filter
-    # in front of the exact scan keeps the common path fast.
-    if line.count(b"[") + line.count(b"{") <= limit:
-        return False
-
     depth = 0
     in_string = escaped = False
     for byte in line:
