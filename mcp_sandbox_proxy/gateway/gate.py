@@ -46,7 +46,7 @@ class Denied(Exception):
         self.data = data
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """One admitted tool call, from its intent record to its outcome record."""
 
