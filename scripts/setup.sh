@@ -28,9 +28,25 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# Debian's own python3, the one python3-venv belongs to, unless told otherwise:
+# it is built with profile-guided optimisation, and starts and relays about a
+# quarter faster than a python3 compiled without it that may come first on PATH.
+python=${MCP_SANDBOX_PROXY_PYTHON:-}
+if [ -z "$python" ]; then
+  python=/usr/bin/python3
+  [ -x "$python" ] || python=$(command -v python3)
+fi
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { say "$python is older than Python 3.11; set MCP_SANDBOX_PROXY_PYTHON"; exit 1; }
+base=$("$python" -c 'import sys; print(sys.base_prefix)')
+if [ -x "$venv/bin/python" ] \
+   && [ "$("$venv/bin/python" -c 'import sys; print(sys.base_prefix)')" != "$base" ]; then
+  say "recreating $venv: it was made with another interpreter than $python"
+  rm -rf "$venv"
+fi
 if [ ! -x "$venv/bin/python" ]; then
-  say "creating the virtual environment in $venv"
-  python3 -m venv "$venv"
+  say "creating the virtual environment in $venv with $python"
+  "$python" -m venv "$venv"
 fi
 stamp="$venv/.installed-$(sha256sum "$repo/pyproject.toml" | cut -c1-16)"
 if [ ! -e "$stamp" ]; then
