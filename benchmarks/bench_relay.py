@@ -1,13 +1,13 @@
 """Relay overhead: the same echo server called directly and through the proxy.
 
 Prints p50/p99 latency with one call in flight, calls/s with 16 in flight (the
-median of rounds that the two connections take in turn), a 64 KiB payload case, spawn-to-initialize time and the proxy's RSS with three
-servers (once they are up and listed, and again after every call above), each
-with its ratio against the direct connection. The proxy runs the
-``process`` backend with auditing off, so the figures are the relay's own cost.
-Like a real client, each connection lists the tools before it calls one. The
-p50 is measured again with ``pollMicroseconds: 0``, to show what the poll before
-each sleep buys.
+median of rounds that the two connections take in turn), a 64 KiB payload case,
+spawn-to-initialize time and the proxy's RSS with three servers (once they are
+up and listed, and again after every call above), each with its ratio against
+the direct connection. The proxy runs the ``process`` backend with auditing
+off, so the figures are the relay's own cost. Like a real client, each
+connection lists the tools before it calls one. The p50 is measured again with
+``pollMicroseconds: 0``, to show what the poll before each sleep buys.
 """
 
 from __future__ import annotations
