@@ -126,9 +126,7 @@ class Installer:
 
     async def _change(self, server: str, launch: Launch, *, upgrade: bool) -> Installed:
         try:
-            lock = self.store.locked()
-            await anyio.to_thread.run_sync(lock.__enter__, abandon_on_cancel=True)
-            try:
+            async with self.store.locked():
                 # Another proxy may have installed it while this one waited.
                 previous = self.store.get(launch.key)
                 if previous is not None and previous.usable() and not upgrade:
@@ -140,8 +138,6 @@ class Installer:
                     requirement = launch.package.pinned(previous.version)
 
                 return await self._install(server, launch, requirement)
-            finally:
-                lock.__exit__(None, None, None)
         except ConfigError as exc:
             failure = SandboxStartFailed(str(exc))
             self._failed[launch.key] = failure

@@ -14,15 +14,19 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Generator
+from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
+
+import anyio
 
 from mcp_sandbox_proxy.exceptions import ConfigError
 
 RECORD_FILE = "installed.json"
 LOCK_FILE = ".lock"
+# How often a wait for the lock looks again: installs take seconds.
+LOCK_POLL_S = 0.1
 RECORD_VERSION = 1
 
 
@@ -56,14 +60,28 @@ class PackageStore:
         safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in package)
         return Path(tempfile.mkdtemp(prefix=f"{safe.strip('-')}-", dir=parent))
 
-    @contextlib.contextmanager
-    def locked(self) -> Generator[None]:
-        """Hold the cache's lock (blocking): one change at a time, machine-wide."""
+    @contextlib.asynccontextmanager
+    async def locked(self) -> AsyncGenerator[None]:
+        """Hold the cache's lock: one change at a time, machine-wide.
+
+        The wait polls instead of blocking a worker thread, so that a cancelled
+        wait (a proxy shut down while another installs) leaves no thread behind
+        that would take the lock later and hold it until the process exits.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / LOCK_FILE, "a+b") as handle:
-            # Released when the file closes, also if the process dies.
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            # Released when the descriptor closes, also if the process dies.
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await anyio.sleep(LOCK_POLL_S)
+
             yield
+        finally:
+            os.close(fd)
 
     def all(self) -> dict[str, Installed]:
         """Every recorded installation, by key."""

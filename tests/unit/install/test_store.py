@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import anyio
 import pytest
 
 from mcp_sandbox_proxy.exceptions import ConfigError
 from mcp_sandbox_proxy.install.store import (
     LOCK_FILE,
+    LOCK_POLL_S,
     RECORD_FILE,
     Installed,
     PackageStore,
@@ -195,15 +197,54 @@ def test_an_entry_of_the_wrong_shape_is_a_config_error(
     assert exc.value.source == str(path)
 
 
-def test_the_lock_can_be_taken_twice_in_a_row(tmp_path: Path) -> None:
+@pytest.mark.anyio
+async def test_the_lock_can_be_taken_twice_in_a_row(tmp_path: Path) -> None:
     """Leaving the lock releases it; the lock file stays in the root."""
     store = PackageStore(tmp_path / "cache")
     entered = 0
-    with store.locked():
+    async with store.locked():
         entered += 1
 
-    with store.locked():
+    async with store.locked():
         entered += 1
 
     assert entered == 2
     assert (tmp_path / "cache" / LOCK_FILE).is_file()
+
+
+@pytest.mark.anyio
+async def test_a_second_holder_waits_for_the_first(tmp_path: Path) -> None:
+    """Each ``locked`` opens the file anew, so two holders in one process
+    exclude each other as two proxies do."""
+    store = PackageStore(tmp_path)
+    order: list[str] = []
+
+    async def second() -> None:
+        async with store.locked():
+            order.append("second in")
+
+    async with anyio.create_task_group() as group, store.locked():
+        group.start_soon(second)
+        await anyio.sleep(3 * LOCK_POLL_S)
+        order.append("first out")
+
+    assert order == ["first out", "second in"]
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_wait_leaves_nothing_that_takes_the_lock(
+    tmp_path: Path,
+) -> None:
+    """A wait given up (the proxy shutting down) must not take the lock later."""
+    store = PackageStore(tmp_path)
+    async with store.locked():
+        with anyio.move_on_after(2 * LOCK_POLL_S) as scope:
+            async with store.locked():
+                pytest.fail("the lock was taken twice")
+
+        assert scope.cancelled_caught
+
+    await anyio.sleep(3 * LOCK_POLL_S)
+    with anyio.fail_after(LOCK_POLL_S):
+        async with store.locked():
+            pass
