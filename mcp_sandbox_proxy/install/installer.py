@@ -98,6 +98,9 @@ class Installer:
         self._hosts = egress_hosts or {}
         self._lock = anyio.Lock()
         self._failed: dict[str, SandboxError] = {}
+        # Descriptors of the ``.in-use`` files held, by installation folder: open
+        # until the process exits, which lets go of them.
+        self._leases: dict[str, int] = {}
 
     async def ensure(self, server: str, launch: Launch) -> Installed:
         """The recorded installation of ``launch``, installing it the first time.
@@ -109,7 +112,7 @@ class Installer:
             raise self._failed[launch.key]
 
         found = self.store.get(launch.key)
-        if found is None or not found.usable():
+        if found is None or not await self._hold(found):
             async with self._lock:
                 found = await self._change(server, launch, upgrade=False)
 
@@ -119,6 +122,19 @@ class Installer:
         )
         return found
 
+    async def _hold(self, installed: Installed) -> bool:
+        """Hold ``installed``'s folder for as long as this proxy runs, so that no
+        upgrade removes it from under a running server; False when it is gone."""
+        if installed.directory in self._leases:
+            return installed.usable()
+
+        fd = await self.store.lease(installed)
+        if fd is None:
+            return False
+
+        self._leases[installed.directory] = fd
+        return True
+
     async def upgrade(self, server: str, launch: Launch) -> Installed:
         """Install the newest version ``launch`` allows and record it."""
         async with self._lock:
@@ -127,9 +143,11 @@ class Installer:
     async def _change(self, server: str, launch: Launch, *, upgrade: bool) -> Installed:
         try:
             async with self.store.locked():
-                # Another proxy may have installed it while this one waited.
+                # Another proxy may have installed it while this one waited. The
+                # hold is taken under the cache's lock, where no upgrade can
+                # remove the folder first.
                 previous = self.store.get(launch.key)
-                if previous is not None and previous.usable() and not upgrade:
+                if previous is not None and not upgrade and await self._hold(previous):
                     return previous
 
                 requirement = launch.package
@@ -137,7 +155,11 @@ class Installer:
                     # The files went missing: the recorded version is reinstalled.
                     requirement = launch.package.pinned(previous.version)
 
-                return await self._install(server, launch, requirement)
+                installed = await self._install(server, launch, requirement)
+                if not upgrade:
+                    await self._hold(installed)
+
+                return installed
         except ConfigError as exc:
             failure = SandboxStartFailed(str(exc))
             self._failed[launch.key] = failure
@@ -183,8 +205,21 @@ class Installer:
             registry=tuple(str(e) for e in registry.endpoints),
         )
         replaced = self.store.put(installed)
-        if replaced is not None and not self.store.in_use(replaced.directory):
-            shutil.rmtree(replaced.directory, ignore_errors=True)
+        if (
+            replaced is not None
+            and not self.store.in_use(replaced.directory)
+            and not self.store.remove_unless_held(replaced.directory)
+        ):
+            log.info(
+                "package_version_kept",
+                **fields,
+                version=replaced.version,
+                folder=replaced.directory,
+                reason="a running proxy uses it; a later install removes it",
+            )
+
+        for folder in self.store.sweep():
+            log.info("package_folder_removed", **fields, folder=folder)
 
         seconds = round(time.monotonic() - started, 1)
         done = {**fields, "version": version, "program": str(program)}

@@ -5,6 +5,12 @@ to the version installed, its folder and the program to start. A recorded
 installation is reused as it is: the registry is not asked again until the user
 upgrades. Proxies started side by side (one per client) share the cache, so
 changes happen under an exclusive lock on ``.lock``.
+
+A proxy that runs a server from an installation holds a shared lock on the
+folder's ``.in-use`` file while it runs. An upgrade removes the folder it
+replaces only when it can take that lock exclusively: a server started from the
+old version keeps its files (a program may load more of them at any time), and
+a later install removes the folder once no proxy holds it.
 """
 
 from __future__ import annotations
@@ -13,18 +19,23 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, cast, get_args
 
 import anyio
 
 from mcp_sandbox_proxy.exceptions import ConfigError
+from mcp_sandbox_proxy.install.launchers import Ecosystem
 
 RECORD_FILE = "installed.json"
 LOCK_FILE = ".lock"
+LEASE_FILE = ".in-use"
+# The folders under the cache root that hold installations, one per ecosystem.
+ECOSYSTEM_FOLDERS: tuple[str, ...] = get_args(Ecosystem)
 # How often a wait for the lock looks again: installs take seconds.
 LOCK_POLL_S = 0.1
 RECORD_VERSION = 1
@@ -134,6 +145,82 @@ class PackageStore:
 
     def in_use(self, directory: str) -> bool:
         return any(e.directory == directory for e in self.all().values())
+
+    async def lease(self, installed: Installed) -> int | None:
+        """A shared hold on ``installed``'s folder, kept while the returned
+        descriptor stays open; None when the folder is gone or was removed while
+        the hold was being taken."""
+        path = Path(installed.directory) / LEASE_FILE
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+        except OSError:
+            return None
+
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    # A remover holds it for as long as it takes to remove.
+                    await anyio.sleep(LOCK_POLL_S)
+
+            # An unlinked file: the folder was removed while this waited.
+            if os.fstat(fd).st_nlink == 0 or not installed.usable():
+                os.close(fd)
+                return None
+        except BaseException:
+            os.close(fd)
+            raise
+
+        return fd
+
+    def remove_unless_held(self, directory: str) -> bool:
+        """Remove an installation's folder unless a proxy holds it; True when it
+        is gone. Call under ``locked``, which keeps installs from racing it."""
+        folder = Path(directory)
+        try:
+            fd = os.open(folder / LEASE_FILE, os.O_RDONLY | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            return not folder.exists()
+
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+
+            # Moved aside first, so that no lease can create a new ``.in-use``
+            # in a folder half removed; held while the files go, so that a
+            # lease opened before finds its file unlinked once it gets it.
+            doomed = folder.with_name(f".removing-{folder.name}")
+            try:
+                folder.rename(doomed)
+            except OSError:
+                return False
+
+            shutil.rmtree(doomed, ignore_errors=True)
+            return True
+        finally:
+            os.close(fd)
+
+    def sweep(self) -> list[str]:
+        """Remove the folders that no record names and no proxy holds any more:
+        versions an upgrade replaced while they ran. Call under ``locked``."""
+        recorded = {entry.directory for entry in self.all().values()}
+        removed: list[str] = []
+        for ecosystem in ECOSYSTEM_FOLDERS:
+            parent = self.root / ecosystem
+            folders = sorted(parent.iterdir()) if parent.is_dir() else []
+            for folder in folders:
+                if (
+                    folder.is_dir()
+                    and str(folder) not in recorded
+                    and self.remove_unless_held(str(folder))
+                ):
+                    removed.append(str(folder))
+
+        return removed
 
     def _write(self, entries: dict[str, Installed]) -> None:
         packages: dict[str, Any] = {}

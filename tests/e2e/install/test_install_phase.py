@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from mcp_sandbox_proxy.config import InstallConfig
@@ -164,6 +165,43 @@ def test_install_command_installs_lists_and_upgrades(
     assert new["directory"] != entry["directory"]
     assert not Path(entry["directory"]).exists()
     assert Path(new["program"]).exists()
+
+
+async def test_an_upgrade_keeps_the_version_a_running_proxy_uses(
+    write_config: WriteConfig, tmp_path: Path
+) -> None:
+    """The running server keeps its files through an upgrade; the next install
+    removes them once no proxy holds them any more."""
+    cache = tmp_path / "packages"
+    config = write_config(
+        {"time": {"command": "uvx", "args": ["mcp-server-time"]}},
+        install={"cacheDir": str(cache)},
+    )
+
+    def folder() -> str:
+        packages = json.loads((cache / "installed.json").read_text())["packages"]
+        return str(packages["pypi:mcp-server-time"]["directory"])
+
+    assert install_cli(config).returncode == 0
+    first = folder()
+    async with proxy_session(config, env={"PATH": TOOLS_PATH}) as session:
+        before = await session.call_tool("time__get_current_time", {"timezone": "UTC"})
+        upgraded = await anyio.to_thread.run_sync(
+            install_cli, config, "--upgrade", "time"
+        )
+        after = await session.call_tool("time__get_current_time", {"timezone": "UTC"})
+
+    assert upgraded.returncode == 0, upgraded.stderr
+    second = folder()
+    assert second != first
+    assert "package_version_kept" in upgraded.stderr
+    assert await anyio.Path(first).is_dir()  # held by the proxy while it ran
+    assert not before.is_error and not after.is_error
+
+    again = install_cli(config, "--upgrade", "time")
+    assert again.returncode == 0, again.stderr
+    assert sorted(str(p) for p in (cache / "pypi").iterdir()) == [folder()]
+    assert "package_folder_removed" in again.stderr
 
 
 @pytest.fixture

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import shutil
 from pathlib import Path
 
 import anyio
@@ -10,6 +13,7 @@ import pytest
 
 from mcp_sandbox_proxy.exceptions import ConfigError
 from mcp_sandbox_proxy.install.store import (
+    LEASE_FILE,
     LOCK_FILE,
     LOCK_POLL_S,
     RECORD_FILE,
@@ -248,3 +252,72 @@ async def test_a_cancelled_wait_leaves_nothing_that_takes_the_lock(
     with anyio.fail_after(LOCK_POLL_S):
         async with store.locked():
             pass
+
+
+def installation(root: Path, name: str = "pkg-1") -> Installed:
+    """A recorded-looking installation whose folder and program exist."""
+    folder = root / "npm" / name
+    (folder / "bin").mkdir(parents=True)
+    (folder / "bin" / "pkg").write_text("")
+    return installed(directory=str(folder), program=str(folder / "bin" / "pkg"))
+
+
+@pytest.mark.anyio
+async def test_a_held_folder_is_not_removed_until_let_go(tmp_path: Path) -> None:
+    store = PackageStore(tmp_path)
+    held = installation(tmp_path)
+    fd = await store.lease(held)
+    assert fd is not None
+
+    assert not store.remove_unless_held(held.directory)
+    assert await anyio.Path(held.program).exists()
+
+    os.close(fd)
+    assert store.remove_unless_held(held.directory)
+    assert not await anyio.Path(held.directory).exists()
+    assert await store.lease(held) is None  # gone: nothing to hold
+
+
+@pytest.mark.anyio
+async def test_a_lease_waiting_on_a_removal_finds_the_folder_gone(
+    tmp_path: Path,
+) -> None:
+    """A hold asked for while a remover has the folder waits, then sees its file
+    unlinked instead of holding a folder that no longer exists."""
+    store = PackageStore(tmp_path)
+    doomed = installation(tmp_path)
+    remover = os.open(Path(doomed.directory) / LEASE_FILE, os.O_RDONLY | os.O_CREAT)
+    fcntl.flock(remover, fcntl.LOCK_EX)
+    results: list[int | None] = []
+
+    async def hold() -> None:
+        results.append(await store.lease(doomed))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(hold)
+        await anyio.sleep(2 * LOCK_POLL_S)
+        assert results == []  # still waiting
+        shutil.rmtree(doomed.directory)
+        os.close(remover)
+
+    assert results == [None]
+
+
+def test_the_sweep_removes_only_unrecorded_folders_no_one_holds(
+    tmp_path: Path,
+) -> None:
+    store = PackageStore(tmp_path)
+    recorded = installation(tmp_path, "kept-1")
+    store.put(recorded)
+    left_behind = installation(tmp_path, "old-1")
+    still_running = installation(tmp_path, "old-2")
+    fd = os.open(Path(still_running.directory) / LEASE_FILE, os.O_RDONLY | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    try:
+        assert store.sweep() == [left_behind.directory]
+    finally:
+        os.close(fd)
+
+    remaining = sorted(p.name for p in (tmp_path / "npm").iterdir())
+    assert remaining == ["kept-1", "old-2"]
+    assert store.sweep() == [still_running.directory]
