@@ -40,9 +40,9 @@ log = structlog.get_logger(__name__)
 # engine or runtime runs this out, and then the container is removed by force.
 REAP_TIMEOUT_S = 5.0
 
-# A stats sample usually takes milliseconds, but the engine may hold it until its
-# next collection (a second later); stopping does not wait that long for figures.
-USAGE_TIMEOUT_S = 0.25
+# A one-shot stats sample usually takes milliseconds, but a busy engine has been
+# seen to need more than 250 ms; past a second, stopping goes on without figures.
+USAGE_TIMEOUT_S = 1.0
 
 # The attach connections: stdin with stdout, and stderr on its own.
 _STDIO_PARAMS = {"stream": 1, "stdin": 1, "stdout": 1}
