@@ -73,23 +73,12 @@ class PackageStore:
 
     @contextlib.asynccontextmanager
     async def locked(self) -> AsyncGenerator[None]:
-        """Hold the cache's lock: one change at a time, machine-wide.
-
-        The wait polls instead of blocking a worker thread, so that a cancelled
-        wait (a proxy shut down while another installs) leaves no thread behind
-        that would take the lock later and hold it until the process exits.
-        """
+        """Hold the cache's lock: one change at a time, machine-wide."""
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             # Released when the descriptor closes, also if the process dies.
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    await anyio.sleep(LOCK_POLL_S)
-
+            await _flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)
@@ -157,14 +146,8 @@ class PackageStore:
             return None
 
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    # A remover holds it for as long as it takes to remove.
-                    await anyio.sleep(LOCK_POLL_S)
-
+            # A remover holds it exclusively for as long as it takes to remove.
+            await _flock(fd, fcntl.LOCK_SH)
             # An unlinked file: the folder was removed while this waited.
             if os.fstat(fd).st_nlink == 0 or not installed.usable():
                 os.close(fd)
@@ -236,3 +219,17 @@ class PackageStore:
         scratch = path.with_name(f".{RECORD_FILE}.{os.getpid()}")
         scratch.write_text(text + "\n", encoding="utf-8")
         scratch.replace(path)
+
+
+async def _flock(fd: int, operation: int) -> None:
+    """Take ``operation`` (``LOCK_EX`` or ``LOCK_SH``) on ``fd``, waiting as long
+    as it takes. The wait polls instead of blocking a worker thread, so that a
+    cancelled wait (a proxy shut down while another installs) leaves no thread
+    behind that would take the lock later and keep it until the process exits.
+    """
+    while True:
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            await anyio.sleep(LOCK_POLL_S)
