@@ -6,8 +6,10 @@ measure the proxy, not the client.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -156,8 +158,10 @@ def proxy_config(
     poll_us: int | None = None,
 ) -> Path:
     """A temporary proxy configuration with a permissive policy on ``backend``;
-    ``poll_us`` sets ``proxy.pollMicroseconds`` (the default when ``None``)."""
+    ``poll_us`` sets ``proxy.pollMicroseconds`` (the default when ``None``).
+    The folder goes when the benchmark exits, its proxies stopped by then."""
     folder = Path(tempfile.mkdtemp(prefix="msp-bench-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     (folder / "policies").mkdir()
     policy = {
         "extends": "strict",
