@@ -29,7 +29,7 @@ from mcp_sandbox_proxy.exceptions import ConfigError, SandboxError, SandboxStart
 from mcp_sandbox_proxy.install.launchers import Launch, Requirement
 from mcp_sandbox_proxy.install.recipes import SCRATCH_DIRS, install_recipe, read_result
 from mcp_sandbox_proxy.install.registries import Registry, find_registry
-from mcp_sandbox_proxy.install.store import Installed, PackageStore
+from mcp_sandbox_proxy.install.store import LEASE_FILE, Installed, PackageStore
 from mcp_sandbox_proxy.policy.models import EgressRule
 from mcp_sandbox_proxy.policy.resolve import SANDBOX_HOME, sandbox_path
 from mcp_sandbox_proxy.sandbox.backend import Backend
@@ -185,6 +185,8 @@ class Installer:
                 shutil.rmtree(target / scratch, ignore_errors=True)
 
             _own(target, os.getuid(), os.getgid())
+            # The file that running proxies hold (``store.lease``).
+            (target / LEASE_FILE).touch()
             version, program = read_result(launch, target)
         except BaseException as exc:
             shutil.rmtree(target, ignore_errors=True)
@@ -205,11 +207,13 @@ class Installer:
             registry=tuple(str(e) for e in registry.endpoints),
         )
         replaced = self.store.put(installed)
-        if (
-            replaced is not None
-            and not self.store.in_use(replaced.directory)
-            and not self.store.remove_unless_held(replaced.directory)
-        ):
+        # The folder replaced is no longer recorded: the sweep removes it with
+        # any left behind earlier, unless a running proxy holds it.
+        removed = self.store.sweep()
+        for folder in removed:
+            log.info("package_folder_removed", **fields, folder=folder)
+
+        if replaced is not None and replaced.directory not in removed:
             log.info(
                 "package_version_kept",
                 **fields,
@@ -217,9 +221,6 @@ class Installer:
                 folder=replaced.directory,
                 reason="a running proxy uses it; a later install removes it",
             )
-
-        for folder in self.store.sweep():
-            log.info("package_folder_removed", **fields, folder=folder)
 
         seconds = round(time.monotonic() - started, 1)
         done = {**fields, "version": version, "program": str(program)}

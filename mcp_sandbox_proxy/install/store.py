@@ -132,17 +132,15 @@ class PackageStore:
         self._write(entries)
         return previous
 
-    def in_use(self, directory: str) -> bool:
-        return any(e.directory == directory for e in self.all().values())
-
     async def lease(self, installed: Installed) -> int | None:
         """A shared hold on ``installed``'s folder, kept while the returned
         descriptor stays open; None when the folder is gone or was removed while
         the hold was being taken."""
-        path = Path(installed.directory) / LEASE_FILE
+        # Opened for reading only, never created: a cache another user installed
+        # can be held too, and no hold can start in a folder being removed.
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
-        except OSError:
+            fd = os.open(Path(installed.directory) / LEASE_FILE, os.O_RDONLY)
+        except FileNotFoundError:
             return None
 
         try:
@@ -163,8 +161,10 @@ class PackageStore:
         is gone. Call under ``locked``, which keeps installs from racing it."""
         folder = Path(directory)
         try:
-            fd = os.open(folder / LEASE_FILE, os.O_RDONLY | os.O_CREAT, 0o644)
+            fd = os.open(folder / LEASE_FILE, os.O_RDONLY)
         except FileNotFoundError:
+            # Never recorded, or half removed already: no proxy can hold it.
+            shutil.rmtree(folder, ignore_errors=True)
             return not folder.exists()
 
         try:
@@ -173,17 +173,10 @@ class PackageStore:
             except BlockingIOError:
                 return False
 
-            # Moved aside first, so that no lease can create a new ``.in-use``
-            # in a folder half removed; held while the files go, so that a
-            # lease opened before finds its file unlinked once it gets it.
-            doomed = folder.with_name(f".removing-{folder.name}")
-            try:
-                folder.rename(doomed)
-            except OSError:
-                return False
-
-            shutil.rmtree(doomed, ignore_errors=True)
-            return True
+            # Held while the files go, so that a hold opened meanwhile finds its
+            # file unlinked once it gets it.
+            shutil.rmtree(folder, ignore_errors=True)
+            return not folder.exists()
         finally:
             os.close(fd)
 

@@ -103,15 +103,6 @@ def test_put_keeps_other_entries(tmp_path: Path) -> None:
     assert store.all() == {"npm:a": first, "pypi:b": second}
 
 
-def test_in_use_tells_whether_a_folder_is_recorded(tmp_path: Path) -> None:
-    """Only a recorded installation's folder is in use."""
-    store = PackageStore(tmp_path)
-    store.put(installed(directory="/cache/npm/pkg-1"))
-
-    assert store.in_use("/cache/npm/pkg-1")
-    assert not store.in_use("/cache/npm/pkg-2")
-
-
 def test_folder_for_a_scoped_package_is_new_empty_and_safely_named(
     tmp_path: Path,
 ) -> None:
@@ -255,10 +246,12 @@ async def test_a_cancelled_wait_leaves_nothing_that_takes_the_lock(
 
 
 def installation(root: Path, name: str = "pkg-1") -> Installed:
-    """A recorded-looking installation whose folder and program exist."""
+    """A recorded-looking installation whose folder, program and ``.in-use``
+    file exist, as an install leaves them."""
     folder = root / "npm" / name
     (folder / "bin").mkdir(parents=True)
     (folder / "bin" / "pkg").write_text("")
+    (folder / LEASE_FILE).touch()
     return installed(directory=str(folder), program=str(folder / "bin" / "pkg"))
 
 
