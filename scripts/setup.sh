@@ -55,6 +55,11 @@ if [ ! -e "$stamp" ]; then
   "$venv/bin/pip" install -q -e "$repo[dev]"
   touch "$stamp"
 fi
+# An editable install leaves the package's own modules uncompiled, and where
+# PYTHONDONTWRITEBYTECODE is set every start compiles them again: about 90 ms
+# and 1.5 MiB of each proxy's start. Compiling here is what a wheel install
+# does; files already up to date are skipped.
+"$venv/bin/python" -m compileall -q "$repo/mcp_sandbox_proxy" >/dev/null
 
 # Third-party servers, each in its own environment as a user would have them.
 mkdir -p "$cache/venvs" "$cache/npm"
