@@ -213,7 +213,7 @@ class Downstream:
                     )
                     return
 
-                if line.strip():
+                if line and not line.isspace():
                     await self._on_line(line)
 
     async def _on_line(self, line: bytes) -> None:

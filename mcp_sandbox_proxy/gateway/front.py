@@ -65,7 +65,7 @@ class ClientChannel:
                             " bytes",
                         )
                     )
-                elif line.strip():
+                elif line and not line.isspace():
                     await self._dispatch(line, handler)
 
         reader.close()
@@ -98,9 +98,6 @@ class ClientChannel:
             )
             return
 
-        await self._hand_over(message, handler)
-
-    async def _hand_over(self, message: Message, handler: ClientHandler) -> None:
         try:
             await handler.on_client_message(message)
         except Exception as exc:

@@ -207,13 +207,16 @@ class CallGate:
     async def complete(self, call: Call, response: Message) -> Message:
         """Sanitise the result and record the outcome; returns what the client gets."""
         self._calls.pop(call.client_id, None)
-        now = time.monotonic()
+        records = self._audit.records
+        now = time.monotonic() if records else 0.0
         result = response.get("result")
         if isinstance(result, dict):
-            result = sanitize_result(result, call.policy)  # type: ignore[arg-type]
-            response = {**response, "result": result}
+            cleaned = sanitize_result(result, call.policy)  # type: ignore[arg-type]
+            if cleaned is not result:
+                response = {**response, "result": cleaned}
+                result = cleaned
 
-        if not self._audit.records:
+        if not records:
             # The digest and sizes exist for the record alone.
             return response
 

@@ -108,8 +108,8 @@ class Pool:
 
     def server_ready(self, server: str) -> bool:
         """True when every instance of ``server`` is up: a call to it never waits."""
-        states = self._by_server.get(server, ())
-        return bool(states) and all(_ready_link(s) is not None for s in states)
+        states = self._by_server.get(server)
+        return bool(states) and None not in map(_ready_link, states)
 
     def links(self) -> list[Downstream]:
         """Every instance that is ready now."""

@@ -152,6 +152,8 @@ class Relay:
         self._buckets: dict[Downstream, RateBucket] = {}
         self._group: anyio.abc.TaskGroup | None = None
         self._handlers = self._request_handlers()
+        # Fixed by the audit settings, and asked of every call.
+        self._audit_never_waits = gate.writes_without_waiting
 
     # -- client to servers -------------------------------------------------------
 
@@ -201,7 +203,7 @@ class Relay:
         if (
             message["method"] != "tools/call"
             or self.client_init is None
-            or not self.gate.writes_without_waiting
+            or not self._audit_never_waits
         ):
             return None
 
@@ -653,13 +655,14 @@ class Relay:
         self, link: Downstream, message: Message
     ) -> tuple[Message, int | None]:
         params = _params(message)
-        meta = jsonrpc.as_object(params.get("_meta"))
-        if "progressToken" not in meta:
+        meta = params.get("_meta")
+        if type(meta) is not dict or "progressToken" not in meta:
             return message, None
 
+        fields = cast("dict[str, Any]", meta)
         token = next(self._ids)
-        self._progress[token] = ProgressRoute(meta["progressToken"], link)
-        new_params = {**params, "_meta": {**meta, "progressToken": token}}
+        self._progress[token] = ProgressRoute(fields["progressToken"], link)
+        new_params = {**params, "_meta": {**fields, "progressToken": token}}
         return {**message, "params": new_params}, token
 
     # -- client notifications and responses ----------------------------------------
@@ -956,7 +959,8 @@ class Relay:
 
 
 def _params(message: Message) -> Message:
-    return jsonrpc.as_object(message.get("params"))
+    params = message.get("params")
+    return params if type(params) is dict else {}  # type: ignore[return-value]
 
 
 def _flag(value: Any, key: str) -> bool:

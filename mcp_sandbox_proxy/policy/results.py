@@ -14,6 +14,7 @@ audio, resource, resource_link) and ``structuredContent``.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import TYPE_CHECKING, Any, cast
 
@@ -86,8 +87,17 @@ def clean_text(text: str, rules: Results) -> str:
 
 def sanitize_result(result: dict[str, Any], policy: ResolvedPolicy) -> dict[str, Any]:
     """A cleaned copy of ``result``, cut to ``policy.max_result_bytes``; blocks
-    that needed no cleaning are shared with ``result``, never changed."""
+    that needed no cleaning are shared with ``result``, never changed. A result
+    that needs neither cleaning nor cutting is returned itself."""
     rules = policy.policy.results
+    content = result.get("content")
+    if (
+        type(content) is list
+        and result.get("structuredContent") is None
+        and _plain_ascii_size(content, rules) <= policy.max_result_bytes  # type: ignore[arg-type]
+    ):
+        return result
+
     cleaned = dict(result)
     if isinstance(result.get("content"), list):
         blocks = cast("list[Any]", result["content"])
@@ -98,6 +108,28 @@ def sanitize_result(result: dict[str, Any], policy: ResolvedPolicy) -> dict[str,
         cleaned["structuredContent"] = structured
 
     return cap_result(cleaned, policy.max_result_bytes)
+
+
+def _plain_ascii_size(blocks: list[Any], rules: Results) -> float:
+    """Bytes of ``blocks`` if they are all text blocks of ASCII that cleaning
+    leaves as it is, else infinity. The most common result, checked without a
+    copy or a call per field."""
+    size = 0
+    for block in blocks:
+        if type(block) is not dict or block.get("type") != "text":  # type: ignore[union-attr]
+            return math.inf
+
+        text = block.get("text")  # type: ignore[union-attr]
+        if (
+            not isinstance(text, str)
+            or not text.isascii()
+            or clean_text(text, rules) != text
+        ):
+            return math.inf
+
+        size += len(text)
+
+    return size
 
 
 def _clean_block(block: Any, rules: Results) -> Any:

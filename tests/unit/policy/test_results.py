@@ -6,7 +6,7 @@ import base64
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mcp_sandbox_proxy.policy import ResolvedPolicy, sanitize_result
@@ -170,6 +170,30 @@ def test_a_result_within_the_cap_is_returned_whole(strict: ResolvedPolicy) -> No
     result = text_result("small", isError=False)
 
     assert sanitize_result(result, strict) == result
+
+
+def test_a_result_that_needs_no_work_is_returned_itself(
+    strict: ResolvedPolicy,
+) -> None:
+    """Plain text within the cap: no copy is made of it."""
+    result = text_result("plain", "two\tlines\n", isError=False)
+
+    assert sanitize_result(result, strict) is result
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(st.characters(max_codepoint=0xA0)), max_size=4))
+def test_the_quick_check_agrees_with_cleaning_and_capping(
+    strict: ResolvedPolicy, texts: list[str]
+) -> None:
+    """Whatever the text, the result is what cleaning every block and then
+    capping the whole gives, whether or not the quick check took it."""
+    result = text_result(*texts)
+    cleaned = text_result(*(clean_text(t, strict.policy.results) for t in texts))
+
+    assert sanitize_result(result, strict) == cap_result(
+        cleaned, strict.max_result_bytes
+    )
 
 
 def test_the_cap_comes_from_the_policy(
