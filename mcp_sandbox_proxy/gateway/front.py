@@ -34,6 +34,8 @@ class ClientChannel:
         self._writer: FdWriter | None = None
         self._splitter = jsonrpc.LineSplitter()
         self.broken = False
+        # Chunks read from the client so far: a measure of activity.
+        self.chunks_read = 0
         for fd in (read_fd, write_fd):
             os.set_blocking(fd, False)
 
@@ -55,6 +57,7 @@ class ClientChannel:
         """Feed every client message to ``handler`` until end of input."""
         reader = FdReader(self._read_fd)
         while chunk := await reader.read():
+            self.chunks_read += 1
             for line in self._splitter.feed(chunk):
                 if isinstance(line, jsonrpc.FrameTooLarge):
                     await self.send(

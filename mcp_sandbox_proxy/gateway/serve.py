@@ -22,6 +22,7 @@ from mcp_sandbox_proxy.gateway.front import ClientChannel
 from mcp_sandbox_proxy.gateway.gate import CallGate
 from mcp_sandbox_proxy.gateway.pool import Pool, instance_bounds
 from mcp_sandbox_proxy.gateway.relay import Relay
+from mcp_sandbox_proxy.heap import trim_when_idle
 from mcp_sandbox_proxy.install.servers import installing, server_launches
 from mcp_sandbox_proxy.policy import PolicySet, ResolvedPolicy
 from mcp_sandbox_proxy.policy.pins import ToolPins
@@ -86,6 +87,7 @@ async def serve(
                     pool.add(key, spec, backend, bounds)
 
                 group.start_soon(relay.watch_deadlines)
+                group.start_soon(trim_when_idle, lambda: front.chunks_read)
                 group.start_soon(_stop_on_signal, group.cancel_scope)
                 await front.serve(relay)
                 log.info("client_input_closed")
