@@ -111,6 +111,23 @@ class AuditLog:
         check_event(event, fields)
         return await self._submit(Entry(event, utc_now(), _scrubbed(fields)))
 
+    def can_write_now(self) -> bool:
+        """True when ``write_now`` may be used: a record would be appended at once,
+        with no lock, reopening, rotation or sync to wait for."""
+        return self._journal is None or (not self._closed and self._can_commit_inline())
+
+    def write_now(self, event: str, **fields: Any) -> int:
+        """``write`` for a caller that cannot wait, after ``can_write_now``."""
+        if self._journal is None:
+            return 0
+
+        assert self.can_write_now()
+        check_event(event, fields)
+        entry = Entry(event, utc_now(), _scrubbed(fields))
+        self._pending.append(entry)
+        self._commit_inline()
+        return self._outcome(entry)
+
     async def aclose(self) -> None:
         """Write the closing record, then sync and close the file."""
         journal = self._journal

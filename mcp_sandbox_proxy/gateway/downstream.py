@@ -24,6 +24,7 @@ import structlog
 from mcp_sandbox_proxy.exceptions import DownstreamError, SandboxError
 from mcp_sandbox_proxy.gateway import jsonrpc
 from mcp_sandbox_proxy.gateway.jsonrpc import Message
+from mcp_sandbox_proxy.gateway.lines import Line, LineFeed
 from mcp_sandbox_proxy.sandbox.backend import Backend, SandboxProcess
 from mcp_sandbox_proxy.sandbox.spec import SandboxSpec
 
@@ -85,6 +86,9 @@ class Pending:
     deliver: ResponseCallback
     client_id: jsonrpc.RequestId | None = None
     deadline: float = float("inf")
+    # Finishes a response at once, in the callback that read it; returns False,
+    # having done nothing, when that needs a wait (then ``deliver`` runs).
+    deliver_now: Callable[[Message], bool] | None = None
 
 
 class StderrTail:
@@ -201,20 +205,70 @@ class Downstream:
         return f"{reason}; stderr: {tail}" if tail else reason
 
     async def _read_stdout(self, process: SandboxProcess) -> None:
-        while chunk := await process.receive():
-            for line in self._splitter.feed(chunk):
-                if isinstance(line, jsonrpc.FrameTooLarge):
-                    limit = self._splitter.max_bytes
-                    log.error(
-                        "server_message_too_large", server=self.server, limit=limit
-                    )
-                    await self.stop(
-                        f"server sent a message over {limit} bytes and was stopped"
-                    )
-                    return
+        lines = LineFeed(self._splitter, self._take_now)
+        feed = process.feed_stdout(lines.push)
+        if feed is None:
+            # A backend without a descriptor to watch: its chunks come from a
+            # task, and every line takes the task's way.
+            while chunk := await process.receive():
+                for line in self._splitter.feed(chunk):
+                    if not await self._on_any_line(line):
+                        return
+            return
 
-                if line and not line.isspace():
-                    await self._on_line(line)
+        lines.resume = feed.resume
+        try:
+            while (line := await lines.next_line()) is not None:
+                if not await self._on_any_line(line):
+                    return
+        finally:
+            feed.close()
+
+    async def _on_any_line(self, line: Line) -> bool:
+        """Handle one line of stdout; False when reading must end."""
+        if isinstance(line, jsonrpc.FrameTooLarge):
+            limit = self._splitter.max_bytes
+            log.error("server_message_too_large", server=self.server, limit=limit)
+            await self.stop(f"server sent a message over {limit} bytes and was stopped")
+            return False
+
+        if line and not line.isspace():
+            await self._on_line(line)
+
+        return True
+
+    def _take_now(self, line: Line) -> bool:
+        """A line dealt with where it arrived: a well-formed response whose
+        request can be finished at once (see ``Pending.deliver_now``). Anything
+        else is left to ``_on_any_line``."""
+        if isinstance(line, jsonrpc.FrameTooLarge):
+            return False
+
+        if not line or line.isspace():
+            return True
+
+        try:
+            message = jsonrpc.decode(line)
+        except jsonrpc.DecodeError:
+            return False
+
+        request_id = message.get("id")
+        if type(request_id) is not int:
+            return False
+
+        pending = self.pending.get(request_id)
+        if (
+            pending is None
+            or pending.deliver_now is None
+            or "method" in message
+            or not jsonrpc.is_response(message)
+            or jsonrpc.response_problem(message) is not None
+            or not pending.deliver_now(message)
+        ):
+            return False
+
+        del self.pending[request_id]
+        return True
 
     async def _on_line(self, line: bytes) -> None:
         try:
@@ -290,6 +344,21 @@ class Downstream:
                     log.info("server_stderr", server=self.server, line=line[:500])
 
         self._stderr_done.set()
+
+    def input_ready(self) -> bool:
+        """True when ``send_request_now`` may be used: the server takes input now."""
+        return (
+            self.process is not None and not self.closed and self.process.input_ready()
+        )
+
+    def send_request_now(
+        self, message: Message, pending: Pending, timeout_s: float, request_id: int
+    ) -> None:
+        """``send_request`` for a caller that checked ``input_ready``."""
+        assert self.process is not None
+        pending.deadline = time.monotonic() + timeout_s
+        self.pending[request_id] = pending
+        self.process.send_nowait(jsonrpc.encode({**message, "id": request_id}))
 
     async def send(self, message: Message) -> None:
         """Write one message to the server; raises ``DownstreamError``."""

@@ -12,15 +12,21 @@ from typing import Protocol
 
 import structlog
 
-from mcp_sandbox_proxy.fdio import FdReader, FdWriter
+from mcp_sandbox_proxy.fdio import FdFeed, FdWriter
 from mcp_sandbox_proxy.gateway import jsonrpc
 from mcp_sandbox_proxy.gateway.jsonrpc import Message
+from mcp_sandbox_proxy.gateway.lines import Line, LineFeed
 
 log = structlog.get_logger(__name__)
 
 
 class ClientHandler(Protocol):
     """What the relay does with a message from the client."""
+
+    def take_now(self, message: Message) -> bool:
+        """Deal with a well-formed message at once if nothing needs a wait; False,
+        having done nothing, leaves it to ``on_client_message``."""
+        ...
 
     async def on_client_message(self, message: Message) -> None: ...
 
@@ -39,6 +45,20 @@ class ClientChannel:
         for fd in (read_fd, write_fd):
             os.set_blocking(fd, False)
 
+    @property
+    def output_ready(self) -> bool:
+        """True when ``send_now`` may be used: the client takes output now."""
+        return not self.broken and self._writer is not None and self._writer.ready
+
+    def send_now(self, message: Message) -> None:
+        """``send`` for a caller that checked ``output_ready`` and cannot wait."""
+        assert self._writer is not None
+        try:
+            self._writer.write_nowait(jsonrpc.encode(message))
+        except OSError as exc:
+            self.broken = True
+            log.warning("client_output_closed", error=str(exc))
+
     async def send(self, message: Message) -> None:
         """Write one message to the client; a gone client is logged once."""
         if self.broken:
@@ -55,10 +75,17 @@ class ClientChannel:
 
     async def serve(self, handler: ClientHandler) -> None:
         """Feed every client message to ``handler`` until end of input."""
-        reader = FdReader(self._read_fd)
-        while chunk := await reader.read():
+
+        def push(chunk: bytes) -> bool:
             self.chunks_read += 1
-            for line in self._splitter.feed(chunk):
+            return lines.push(chunk)
+
+        lines = LineFeed(self._splitter, lambda line: self._take_now(line, handler))
+        feed = FdFeed(self._read_fd, push)
+        lines.resume = feed.resume
+        feed.resume()
+        try:
+            while (line := await lines.next_line()) is not None:
                 if isinstance(line, jsonrpc.FrameTooLarge):
                     await self.send(
                         jsonrpc.error_response(
@@ -70,8 +97,29 @@ class ClientChannel:
                     )
                 elif line and not line.isspace():
                     await self._dispatch(line, handler)
+        finally:
+            feed.close()
 
-        reader.close()
+    def _take_now(self, line: Line, handler: ClientHandler) -> bool:
+        """A line dealt with where it arrived: a well-formed message the handler
+        takes at once. Anything else, errors included, is left to ``_dispatch``."""
+        if isinstance(line, jsonrpc.FrameTooLarge):
+            return False
+
+        if not line or line.isspace():
+            return True
+
+        try:
+            message = jsonrpc.decode(line)
+        except jsonrpc.DecodeError:
+            return False
+
+        if ("method" in message and not isinstance(message["method"], str)) or (
+            "id" in message and jsonrpc.valid_id(message) is None
+        ):
+            return False
+
+        return handler.take_now(message)
 
     async def _dispatch(self, line: bytes, handler: ClientHandler) -> None:
         try:

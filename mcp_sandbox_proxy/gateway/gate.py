@@ -23,7 +23,12 @@ from mcp_sandbox_proxy.exceptions import AuditError
 from mcp_sandbox_proxy.gateway import jsonrpc
 from mcp_sandbox_proxy.gateway.downstream import Downstream
 from mcp_sandbox_proxy.gateway.jsonrpc import Message, RequestId
-from mcp_sandbox_proxy.policy import PolicySet, ResolvedPolicy, sanitize_result
+from mcp_sandbox_proxy.policy import (
+    Decision,
+    PolicySet,
+    ResolvedPolicy,
+    sanitize_result,
+)
 from mcp_sandbox_proxy.policy.pins import ToolPins
 
 log = structlog.get_logger(__name__)
@@ -149,32 +154,87 @@ class CallGate:
             )
 
         decision = self._policies.check_call(server, tool, arguments)
-        policy = decision.policy
         if not decision.allowed:
             await self._deny(
-                server, tool, decision.rule, decision.message, arguments, policy
+                server,
+                tool,
+                decision.rule,
+                decision.message,
+                arguments,
+                decision.policy,
             )
 
-        call = Call(client_id, server, tool, policy, admitted_at=time.monotonic())
+        call = Call(client_id, server, tool, decision.policy, time.monotonic())
         if self._audit.records:
-            call.fields = {
-                "request_id": client_id,
-                "server": server,
-                "tool": tool,
-                "policy": policy.name,
-                "policy_digest": policy.digest,
-                "rule": decision.rule,
-            }
-            await self._write(
-                "call_intent",
-                **call.fields,
-                decision="allow",
-                arguments=arguments,
-                redact_names=list(policy.redact_names),
-            )
+            await self._write("call_intent", **self._intent(call, decision, arguments))
 
+        return self._admitted(call)
+
+    def plain_allowance(
+        self, server: str, tool: str, params: Message
+    ) -> Decision | None:
+        """The decision on a call that ``admit_now`` can take: allowed by its name
+        and arguments alone (see ``PolicySet.plain_allowance``), of a tool not held
+        back by its pin, with the audit log taking records at once. None for any
+        other call. Changes nothing."""
+        if (self._pins is not None and self._pins.is_hidden(server, tool)) or (
+            not self._audit.can_write_now()
+        ):
+            return None
+
+        return self._policies.plain_allowance(server, tool, params.get("arguments"))
+
+    def admit_now(
+        self,
+        client_id: RequestId,
+        server: str,
+        tool: str,
+        params: Message,
+        decision: Decision,
+    ) -> Call | None:
+        """``admit`` for a call given its ``plain_allowance``, with no wait: the
+        call is counted against its rate limit and its intent recorded at once.
+        None when the limit is reached (nothing counted) or the record failed;
+        ``admit`` then decides again, and refuses the call."""
+        if not self._policies.take_rate(server, tool, decision.policy):
+            return None
+
+        call = Call(client_id, server, tool, decision.policy, time.monotonic())
+        if self._audit.records:
+            intent = self._intent(call, decision, params.get("arguments"))
+            try:
+                self._audit.write_now(
+                    "call_intent", session=self._session, client=self._client, **intent
+                )
+            except AuditError:
+                # ``admit`` counts the call once more: only a log that fails
+                # closed gets here, and ``admit`` refuses unless it recovered.
+                return None
+
+        return self._admitted(call)
+
+    def _intent(self, call: Call, decision: Decision, arguments: Any) -> Message:
+        """The fields of a call's intent record; the outcome record repeats the
+        first of them."""
+        policy = decision.policy
+        call.fields = {
+            "request_id": call.client_id,
+            "server": call.server,
+            "tool": call.tool,
+            "policy": policy.name,
+            "policy_digest": policy.digest,
+            "rule": decision.rule,
+        }
+        return {
+            **call.fields,
+            "decision": "allow",
+            "arguments": arguments,
+            "redact_names": list(policy.redact_names),
+        }
+
+    def _admitted(self, call: Call) -> Call:
         call.sent_at = time.monotonic()
-        self._calls[client_id] = call
+        self._calls[call.client_id] = call
         return call
 
     async def _deny(
@@ -206,6 +266,38 @@ class CallGate:
 
     async def complete(self, call: Call, response: Message) -> Message:
         """Sanitise the result and record the outcome; returns what the client gets."""
+        response, outcome = self._finished(call, response)
+        if outcome is not None:
+            await self._write("call_outcome", **outcome)
+
+        return response
+
+    @property
+    def records_now(self) -> bool:
+        """True when ``complete_now`` may be used: records are written at once."""
+        return self._audit.can_write_now()
+
+    def complete_now(self, call: Call, response: Message) -> Message:
+        """``complete`` with no wait, after ``records_now``; raises ``Denied``."""
+        response, outcome = self._finished(call, response)
+        if outcome is not None:
+            try:
+                self._audit.write_now(
+                    "call_outcome",
+                    session=self._session,
+                    client=self._client,
+                    **outcome,
+                )
+            except AuditError as exc:
+                raise _audit_refusal(exc) from exc
+
+        return response
+
+    def _finished(
+        self, call: Call, response: Message
+    ) -> tuple[Message, Message | None]:
+        """What the client gets of ``response``, and the fields of the outcome
+        record (None when nothing is recorded)."""
         self._calls.pop(call.client_id, None)
         records = self._audit.records
         now = time.monotonic() if records else 0.0
@@ -218,23 +310,21 @@ class CallGate:
 
         if not records:
             # The digest and sizes exist for the record alone.
-            return response
+            return response, None
 
         body = _canonical(result if result is not None else response.get("error"))
         is_error = (
             "error" in response or jsonrpc.as_object(result).get("isError") is True
         )
-        await self._write(
-            "call_outcome",
+        return response, {
             **call.fields,
-            result_bytes=len(body),
-            is_error=is_error,
-            result_digest=hashlib.sha256(body).hexdigest(),
-            queued_ms=_ms(call.sent_at - call.admitted_at),
-            sandbox_ms=_ms(now - call.sent_at),
-            total_ms=_ms(now - call.admitted_at),
-        )
-        return response
+            "result_bytes": len(body),
+            "is_error": is_error,
+            "result_digest": hashlib.sha256(body).hexdigest(),
+            "queued_ms": _ms(call.sent_at - call.admitted_at),
+            "sandbox_ms": _ms(now - call.sent_at),
+            "total_ms": _ms(now - call.admitted_at),
+        }
 
     async def cancelled(self, client_id: RequestId | None) -> None:
         call = self._calls.pop(client_id, None) if client_id is not None else None
@@ -341,10 +431,14 @@ class CallGate:
                 event, session=self._session, client=self._client, **fields
             )
         except AuditError as exc:
-            raise Denied(
-                f"the audit log cannot be written, so no call may run: {exc}",
-                code=jsonrpc.AUDIT_UNAVAILABLE,
-            ) from exc
+            raise _audit_refusal(exc) from exc
+
+
+def _audit_refusal(exc: AuditError) -> Denied:
+    return Denied(
+        f"the audit log cannot be written, so no call may run: {exc}",
+        code=jsonrpc.AUDIT_UNAVAILABLE,
+    )
 
 
 def _canonical(value: Any) -> bytes:

@@ -157,6 +157,49 @@ class Relay:
 
     # -- client to servers -------------------------------------------------------
 
+    def take_now(self, message: Message) -> bool:
+        """Relay a tools/call at once, in the callback that read it, when nothing
+        on its way needs a wait: a tool of a server that is up and takes input, a
+        call its policy allows by name and arguments alone, and an audit log that
+        records at once. That is most calls; any other message is left, untouched,
+        to ``on_client_message`` (False)."""
+        if message.get("method") != "tools/call" or self.client_init is None:
+            return False
+
+        request_id = jsonrpc.valid_id(message)
+        if (
+            request_id is None
+            or request_id in self._handling
+            or request_id in self._inflight
+            or len(self._handling) + len(self._inflight) >= MAX_CLIENT_REQUESTS
+        ):
+            return False
+
+        params = _params(message)
+        origin = self._tool_origin(params)
+        if origin is None:
+            return False
+
+        decision = self.gate.plain_allowance(origin.server, origin.name, params)
+        if decision is None:
+            return False
+
+        assert self.pool is not None
+        link = self.pool.ready_link((origin.server, decision.policy.profile))
+        if link is None or not link.input_ready():
+            return False
+
+        call = self.gate.admit_now(
+            request_id, origin.server, origin.name, params, decision
+        )
+        if call is None:
+            return False
+
+        outgoing = {**message, "params": {**params, "name": origin.name}}
+        outgoing, pending, route = self._route(link, outgoing, call)
+        link.send_request_now(outgoing, pending, call.timeout_s, route.down_id)
+        return True
+
     async def on_client_message(self, message: Message) -> None:
         if jsonrpc.is_request(message):
             refusal = self._request_refusal(message["id"])
@@ -602,6 +645,22 @@ class Relay:
             await self._record_cancelled(client_id)
             return
 
+        outgoing, pending, route = self._route(link, message, call)
+        try:
+            await link.send_request(
+                outgoing, pending, timeout_s=timeout_s, request_id=route.down_id
+            )
+        except DownstreamError:
+            self._release(client_id, route.token)
+            raise
+
+    def _route(
+        self, link: Downstream, message: Message, call: Call | None
+    ) -> tuple[Message, Pending, InFlight]:
+        """Enter a client's request in the tables before it leaves for ``link``
+        (its answer may come back before the send returns): the message to send,
+        what awaits its answer, and its entry among the requests in flight."""
+        client_id: RequestId = message["id"]
         outgoing, token = self._map_progress(link, message)
 
         async def deliver(response: Message) -> None:
@@ -614,18 +673,28 @@ class Relay:
 
             await self.front.send(response)
 
-        # The route is in the table before the request leaves: its answer may
-        # come back before ``send_request`` returns.
-        down_id = link.next_id()
-        self._inflight[client_id] = InFlight(link, down_id, token)
-        pending = Pending(message["method"], deliver, client_id=client_id)
-        try:
-            await link.send_request(
-                outgoing, pending, timeout_s=timeout_s, request_id=down_id
-            )
-        except DownstreamError:
+        def deliver_now(response: Message) -> bool:
+            # ``deliver`` without a wait, when the client takes output and the
+            # outcome is recorded at once; else nothing is done.
+            if not self.front.output_ready or (
+                call is not None and not self.gate.records_now
+            ):
+                return False
+
             self._release(client_id, token)
-            raise
+            response["id"] = client_id
+            if call is not None:
+                response = self._completed_now(call, response)
+
+            self.front.send_now(response)
+            return True
+
+        route = InFlight(link, link.next_id(), token)
+        self._inflight[client_id] = route
+        pending = Pending(
+            message["method"], deliver, client_id=client_id, deliver_now=deliver_now
+        )
+        return outgoing, pending, route
 
     def _release(self, client_id: RequestId, token: int | None) -> None:
         """Drop what a forwarded request held in the tables."""
@@ -637,19 +706,15 @@ class Relay:
         """``response`` through the gate; a refusal there becomes the answer."""
         try:
             return await self.gate.complete(call, response)
-        except Denied as exc:
-            return jsonrpc.error_response(
-                response.get("id"), exc.code, str(exc), exc.data
-            )
         except Exception as exc:
-            # A bug in an interceptor must cost this answer, not the call: the
-            # client hears of it rather than waiting forever.
-            log.exception("response_finish_failed")
-            return jsonrpc.error_response(
-                response.get("id"),
-                jsonrpc.INTERNAL_ERROR,
-                f"Internal error: {type(exc).__name__}",
-            )
+            return _refused_answer(response, exc)
+
+    def _completed_now(self, call: Call, response: Message) -> Message:
+        """``_completed`` without a wait, when the gate records at once."""
+        try:
+            return self.gate.complete_now(call, response)
+        except Exception as exc:
+            return _refused_answer(response, exc)
 
     def _map_progress(
         self, link: Downstream, message: Message
@@ -956,6 +1021,21 @@ class Relay:
     def bind(self, group: anyio.abc.TaskGroup, pool: Pool) -> None:
         self._group = group
         self.pool = pool
+
+
+def _refused_answer(response: Message, exc: Exception) -> Message:
+    """What the client gets when the gate refused a response, or failed on it."""
+    if isinstance(exc, Denied):
+        return jsonrpc.error_response(response.get("id"), exc.code, str(exc), exc.data)
+
+    # A bug in an interceptor must cost this answer, not the call: the client
+    # hears of it rather than waiting forever.
+    log.error("response_finish_failed", exc_info=exc)
+    return jsonrpc.error_response(
+        response.get("id"),
+        jsonrpc.INTERNAL_ERROR,
+        f"Internal error: {type(exc).__name__}",
+    )
 
 
 def _params(message: Message) -> Message:

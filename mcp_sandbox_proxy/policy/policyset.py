@@ -153,6 +153,26 @@ class PolicySet:
 
         return verdict.allowed
 
+    def plain_allowance(
+        self, server: str, tool: str, arguments: object
+    ) -> Decision | None:
+        """The decision on a call that its tool's name and arguments allow, before
+        its rate limit (``take_rate``); None for any other call, which
+        ``check_call`` decides. Changes nothing and logs nothing."""
+        verdict = self._tool_verdict(server, tool)
+        if (
+            verdict.refusal is not None
+            or _check_arguments(tool, arguments, verdict) is not None
+        ):
+            return None
+
+        return verdict.allowed
+
+    def take_rate(self, server: str, tool: str, policy: ResolvedPolicy) -> bool:
+        """Count a call allowed by ``plain_allowance`` against its rate limit;
+        False, having counted nothing, when the limit is reached."""
+        return self._check_rate(server, tool, policy) is None
+
     def _tool_verdict(self, server: str, tool: str) -> _ToolVerdict:
         """What a tool's name alone decides: policies do not change while the
         proxy runs, so each call needs only its arguments and rate checked."""

@@ -18,7 +18,7 @@ import anyio
 import structlog
 
 from mcp_sandbox_proxy.exceptions import SandboxStartFailed
-from mcp_sandbox_proxy.fdio import FdReader, FdWriter
+from mcp_sandbox_proxy.fdio import FdFeed, FdReader, FdWriter
 from mcp_sandbox_proxy.sandbox.backend import (
     KILL_GRACE_S,
     STOP_GRACE_S,
@@ -89,6 +89,7 @@ class PipedProcess(SandboxProcess):
         self._stdout_fd = popen.stdout.fileno()
         self._stderr_fd = popen.stderr.fileno()
         self._stdout: FdReader | None = None
+        self._stdout_feed: FdFeed | None = None
         self._stderr: FdReader | None = None
         self._pidfd = os.pidfd_open(popen.pid)
         self._stdin: FdWriter | None = None
@@ -117,6 +118,21 @@ class PipedProcess(SandboxProcess):
             self._stdin = FdWriter(self._stdin_fd)
 
         await self._stdin.write(data)
+
+    def feed_stdout(self, on_chunk: Callable[[bytes], bool]) -> FdFeed | None:
+        if self._stdout is not None or self._stdout_feed is not None:
+            return None
+
+        self._stdout_feed = FdFeed(self._stdout_fd, on_chunk)
+        self._stdout_feed.resume()
+        return self._stdout_feed
+
+    def input_ready(self) -> bool:
+        return self._stdin is not None and self._stdin.ready
+
+    def send_nowait(self, data: bytes) -> None:
+        assert self._stdin is not None
+        self._stdin.write_nowait(data)
 
     async def close_stdin(self) -> None:
         if self._stdin is not None:
@@ -200,6 +216,9 @@ class PipedProcess(SandboxProcess):
         for reader in (self._stdout, self._stderr):
             if reader is not None:
                 reader.close()
+
+        if self._stdout_feed is not None:
+            self._stdout_feed.close()
 
         for pipe in (self._popen.stdin, self._popen.stdout, self._popen.stderr):
             if pipe is not None:

@@ -7,8 +7,10 @@ byte streams for stdin, stdout and stderr, that can be stopped and waited for.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from mcp_sandbox_proxy.fdio import FdFeed
 from mcp_sandbox_proxy.sandbox.spec import SandboxSpec
 
 # How long a server may take to exit after its stdin closes, and after SIGTERM.
@@ -51,6 +53,20 @@ class SandboxProcess(ABC):
     @abstractmethod
     async def send(self, data: bytes) -> None:
         """Write all of ``data`` to the server's stdin."""
+
+    def feed_stdout(self, on_chunk: Callable[[bytes], bool]) -> FdFeed | None:
+        """Hand stdout to ``on_chunk`` in the event loop's readable callback (see
+        ``FdFeed``), where the backend has a descriptor to watch; None where it
+        has not, and ``receive`` is the way to read."""
+        return None
+
+    def input_ready(self) -> bool:
+        """True when ``send_nowait`` may be used: stdin takes more at once."""
+        return False
+
+    def send_nowait(self, data: bytes) -> None:
+        """Queue ``data`` for stdin without waiting; only after ``input_ready``."""
+        raise NotImplementedError("this backend writes only through send")
 
     @abstractmethod
     async def close_stdin(self) -> None:

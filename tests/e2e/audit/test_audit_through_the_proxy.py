@@ -49,12 +49,15 @@ def echo_config(write_config: WriteConfig, tmp_path: Path, **audit: Any) -> Path
     )
 
 
+# A call waits for its fsync; in batch mode it is relayed and recorded where it
+# is read, without a wait: both ways must leave the same records.
+@pytest.mark.parametrize("durability", ["fsync", "batch"])
 async def test_every_call_leaves_intent_and_outcome_with_secrets_redacted(
-    write_config: WriteConfig, tmp_path: Path
+    write_config: WriteConfig, tmp_path: Path, durability: str
 ) -> None:
     """Each field a reviewer needs is on the records of a real call; a token, a
     secret-looking value and a name the policy lists never reach the file."""
-    config = echo_config(write_config, tmp_path, durability="fsync")
+    config = echo_config(write_config, tmp_path, durability=durability)
     arguments = {"text": "hello", "api_key": "abc", "pad": 0, "note": "private"}
     async with proxy_session(config) as session:
         await session.call_tool("echo__echo", arguments)

@@ -14,6 +14,7 @@ from mcp import MCPError
 
 from tests.conftest import REPO
 from tests.support.proxy_client import proxy_session
+from tests.support.raw_proxy import raw_proxy
 from tests.support.waiting import eventually
 
 ECHO_SERVER = REPO / "tests" / "servers" / "echo_server.py"
@@ -179,3 +180,42 @@ async def test_an_unknown_tool_is_an_error_and_the_proxy_keeps_serving(
         result = await session.call_tool("echo__echo", {"text": "fine"})
 
     assert result.content[0].text == "fine"  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_pipelined_calls_keep_each_servers_order(relay_config: Any) -> None:
+    """Calls sent back to back, most relayed where they are read: every answer
+    comes after the notifications its server sent before it, and answers come
+    in the order the server wrote them."""
+    config = relay_config({"echo": echo()})
+    calls = 20
+    async with raw_proxy(config) as proxy:
+        await proxy.send_bytes(
+            b"".join(
+                json.dumps(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": request_id,
+                        "method": "tools/call",
+                        "params": {
+                            "name": "echo__flood" if request_id % 2 else "echo__echo",
+                            "arguments": {"count": 3, "text": str(request_id)},
+                        },
+                    }
+                ).encode()
+                + b"\n"
+                for request_id in range(1, calls + 1)
+            )
+        )
+        seen: list[dict[str, Any]] = []
+        while sum("id" in m for m in seen) < calls:
+            seen.append(await proxy.receive())
+
+    answers = [m["id"] for m in seen if "id" in m]
+    assert answers == list(range(1, calls + 1))
+    for position, message in enumerate(seen):
+        if message.get("id", 0) % 2:
+            # A flood call: its three notifications came just before it.
+            notices = seen[position - 3 : position]
+            assert [n["method"] for n in notices] == ["notifications/message"] * 3
+            assert [n["params"]["data"] for n in notices] == [0, 1, 2]
