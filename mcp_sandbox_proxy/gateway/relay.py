@@ -1,9 +1,10 @@
 """The relay: every message between the client and the servers passes here.
 
 The relay answers what belongs to the connection itself (``initialize``, ``ping``,
-``logging/setLevel``), fans list requests out to every server, routes each call to
-the instance its tool's policy maps to, and maps request ids and progress tokens
-both ways. Anything it does not need to understand is passed on as it came.
+``logging/setLevel``), fans list requests out to every server (see ``lists``),
+routes each call to the instance its tool's policy maps to, and maps request ids
+and progress tokens both ways. Anything it does not need to understand is passed
+on as it came.
 
 Every table it keeps is bounded: requests in flight each way have a cap and a
 deadline, and an entry goes when its request is answered, cancelled, expired or
@@ -24,28 +25,24 @@ from mcp_sandbox_proxy import __version__
 from mcp_sandbox_proxy.exceptions import DownstreamError
 from mcp_sandbox_proxy.gateway import jsonrpc
 from mcp_sandbox_proxy.gateway.catalog import NameTable, Origin, ResourceRoutes
-from mcp_sandbox_proxy.gateway.cursors import (
-    InvalidCursor,
-    decode_cursor,
-    encode_cursor,
-)
+from mcp_sandbox_proxy.gateway.cursors import InvalidCursor
 from mcp_sandbox_proxy.gateway.downstream import CANCEL_GRACE_S, Downstream, Pending
 from mcp_sandbox_proxy.gateway.front import ClientChannel
 from mcp_sandbox_proxy.gateway.gate import Call, CallGate, Denied
 from mcp_sandbox_proxy.gateway.jsonrpc import Message, RequestId
+from mcp_sandbox_proxy.gateway.lists import Lists
 from mcp_sandbox_proxy.gateway.pool import Pool
 
 log = structlog.get_logger(__name__)
 
-# TODO(relay-split): at about 950 lines this module holds three concerns; the
-# server-to-client requests (routes, caps, timeouts) and the list fan-out with
-# its cursors should each move to a module of their own.
+# TODO(relay-split): at about 950 lines this module still holds two concerns;
+# the server-to-client requests (routes, caps, timeouts) should move to a module
+# of their own, as the list fan-out did (``lists``).
 
 # Protocol revisions negotiated by the initialize handshake, oldest first. Kept
 # here rather than imported from the SDK's types, whose import alone costs about
 # 0.4 s of start-up.
 HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
-LIST_TIMEOUT_S = 30.0
 # Requests the proxy sends a server for the client (lists, reads) get this long
 # unless a policy sets a call timeout.
 DEFAULT_REQUEST_TIMEOUT_S = 120.0
@@ -60,13 +57,6 @@ MAX_CLIENT_REQUESTS = 1024
 # Requests one server may have waiting for the client's answer at once; past this,
 # the server's new requests are refused.
 MAX_SERVER_REQUESTS = 32
-
-LIST_KINDS = {
-    "tools/list": ("tools", "tools"),
-    "prompts/list": ("prompts", "prompts"),
-    "resources/list": ("resources", "resources"),
-    "resources/templates/list": ("resources", "resourceTemplates"),
-}
 
 
 @dataclass
@@ -138,6 +128,7 @@ class Relay:
         self.tools = NameTable("tool", prefixes)
         self.prompts = NameTable("prompt", prefixes)
         self.resources = ResourceRoutes()
+        self.lists = Lists(gate, prefixes, self.tools, self.prompts, self.resources)
         self.client_init: Message | None = None
         self.protocol_version = HANDSHAKE_VERSIONS[-1]
         self._ids = itertools.count(1)
@@ -431,20 +422,9 @@ class Relay:
     # -- lists -------------------------------------------------------------------
 
     async def _list(self, message: Message) -> None:
-        method: str = message["method"]
-        capability, key = LIST_KINDS[method]
-        params = _params(message)
-        links = {
-            link.server: link
-            for link in self._links()
-            if capability in link.capabilities
-        }
-        cursor = params.get("cursor")
         try:
-            todo = (
-                decode_cursor(cursor)
-                if isinstance(cursor, str)
-                else dict.fromkeys(links, "")
+            result = await self.lists.page(
+                message["method"], _params(message), self._links()
             )
         except InvalidCursor as exc:
             await self._reply_error(
@@ -452,87 +432,7 @@ class Relay:
             )
             return
 
-        pages: dict[str, Any] = {}
-        async with anyio.create_task_group() as group:
-            for server, server_cursor in todo.items():
-                if server in links:
-                    group.start_soon(
-                        self._fetch_page,
-                        links[server],
-                        method,
-                        params,
-                        server_cursor,
-                        pages,
-                    )
-
-        items: list[Any] = []
-        remaining: dict[str, str] = {}
-        for server in sorted(pages):
-            page = pages[server]
-            items.extend(await self._expose(method, server, page.get(key, [])))
-            if isinstance(page.get("nextCursor"), str):
-                remaining[server] = page["nextCursor"]
-
-        result: Message = {key: items}
-        if remaining:
-            result["nextCursor"] = encode_cursor(remaining)
-
         await self._reply(message, result)
-
-    async def _fetch_page(
-        self,
-        link: Downstream,
-        method: str,
-        params: Message,
-        cursor: str,
-        pages: dict[str, Any],
-    ) -> None:
-        request = {k: v for k, v in params.items() if k != "cursor"}
-        if cursor:
-            request["cursor"] = cursor
-
-        try:
-            page = await link.request(method, request or None, LIST_TIMEOUT_S)
-        except DownstreamError as exc:
-            log.warning(
-                "server_list_failed", server=link.server, method=method, error=str(exc)
-            )
-            return
-
-        if isinstance(page, dict):
-            pages[link.server] = page
-
-    async def _expose(self, method: str, server: str, items: Any) -> list[Any]:
-        listed = cast("list[Any]", items) if isinstance(items, list) else []
-        entries = [jsonrpc.as_object(item) for item in listed if isinstance(item, dict)]
-        if method == "tools/list":
-            entries = await self.gate.visible_tools(server, entries)
-            return self._renamed(self.tools, server, entries)
-
-        if method == "prompts/list":
-            return self._renamed(self.prompts, server, entries)
-
-        if method == "resources/list":
-            self.resources.add_uris(server, (str(e.get("uri")) for e in entries))
-        else:
-            self.resources.add_templates(
-                server, (str(e.get("uriTemplate")) for e in entries)
-            )
-
-        return entries
-
-    def _renamed(
-        self, table: NameTable, server: str, entries: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
-        prefix = self.prefixes[server]
-        renamed: list[dict[str, Any]] = []
-        for entry in entries:
-            name = entry.get("name")
-            if isinstance(name, str):
-                exposed = table.expose(prefix, Origin(server, name))
-                renamed.append({**entry, "name": exposed})
-
-        return renamed
 
     # -- routed requests ---------------------------------------------------------
 
