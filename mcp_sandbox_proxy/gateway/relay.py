@@ -3,8 +3,9 @@
 The relay answers what belongs to the connection itself (``initialize``, ``ping``,
 ``logging/setLevel``), fans list requests out to every server (see ``lists``),
 routes each call to the instance its tool's policy maps to, and maps request ids
-and progress tokens both ways. Anything it does not need to understand is passed
-on as it came.
+and progress tokens both ways; a server's own requests to the client go through
+``server_requests``. Anything it does not need to understand is passed on as it
+came.
 
 Every table it keeps is bounded: requests in flight each way have a cap and a
 deadline, and an entry goes when its request is answered, cancelled, expired or
@@ -26,18 +27,15 @@ from mcp_sandbox_proxy.exceptions import DownstreamError
 from mcp_sandbox_proxy.gateway import jsonrpc
 from mcp_sandbox_proxy.gateway.catalog import NameTable, Origin, ResourceRoutes
 from mcp_sandbox_proxy.gateway.cursors import InvalidCursor
-from mcp_sandbox_proxy.gateway.downstream import CANCEL_GRACE_S, Downstream, Pending
+from mcp_sandbox_proxy.gateway.downstream import Downstream, Pending
 from mcp_sandbox_proxy.gateway.front import ClientChannel
 from mcp_sandbox_proxy.gateway.gate import Call, CallGate, Denied
 from mcp_sandbox_proxy.gateway.jsonrpc import Message, RequestId
 from mcp_sandbox_proxy.gateway.lists import Lists
 from mcp_sandbox_proxy.gateway.pool import Pool
+from mcp_sandbox_proxy.gateway.server_requests import ServerRequests, send_safely
 
 log = structlog.get_logger(__name__)
-
-# TODO(relay-split): at about 950 lines this module still holds two concerns;
-# the server-to-client requests (routes, caps, timeouts) should move to a module
-# of their own, as the list fan-out did (``lists``).
 
 # Protocol revisions negotiated by the initialize handshake, oldest first. Kept
 # here rather than imported from the SDK's types, whose import alone costs about
@@ -54,9 +52,6 @@ NOTIFICATIONS_PER_S = 500
 # Requests of the client in flight at once; past this, new ones are refused, which
 # bounds what a client that never waits for its answers can make the proxy hold.
 MAX_CLIENT_REQUESTS = 1024
-# Requests one server may have waiting for the client's answer at once; past this,
-# the server's new requests are refused.
-MAX_SERVER_REQUESTS = 32
 
 
 @dataclass
@@ -65,17 +60,6 @@ class ProgressRoute:
 
     client_token: Any
     link: Downstream
-
-
-@dataclass
-class ServerRequestRoute:
-    """A request a server sent the client, under the id the client sees."""
-
-    link: Downstream
-    server_id: RequestId
-    method: str
-    deadline: float
-    token: int | None = None
 
 
 @dataclass(slots=True)
@@ -138,8 +122,9 @@ class Relay:
         self._cancelled: set[RequestId] = set()
         self._inflight: dict[RequestId, InFlight] = {}
         self._progress: dict[int, ProgressRoute] = {}
-        self._server_requests: dict[int, ServerRequestRoute] = {}
-        self._client_progress: dict[int, tuple[Downstream, Any]] = {}
+        self.server_requests = ServerRequests(
+            front, gate, self._ids, lambda: self.client_init
+        )
         self._buckets: dict[Downstream, RateBucket] = {}
         self._group: anyio.abc.TaskGroup | None = None
         self._handlers = self._request_handlers()
@@ -208,7 +193,7 @@ class Relay:
         elif jsonrpc.is_notification(message):
             await self._handle_client_notification(message)
         elif jsonrpc.is_response(message):
-            await self._handle_client_response(message)
+            await self.server_requests.answer(message)
         else:
             await self.front.send(
                 jsonrpc.error_response(
@@ -641,15 +626,14 @@ class Relay:
         if method == "notifications/cancelled":
             await self._client_cancelled(params)
         elif method == "notifications/progress":
-            token = params.get("progressToken")
-            route = self._client_progress.get(token) if type(token) is int else None
+            route = self.server_requests.client_progress(params.get("progressToken"))
             if route is not None:
                 link, server_token = route
                 params = {**params, "progressToken": server_token}
-                await self._send_safely(link, {**message, "params": params})
+                await send_safely(link, {**message, "params": params})
         else:
             for link in self._all_links():
-                await self._send_safely(link, message)
+                await send_safely(link, message)
 
     async def _client_cancelled(self, params: Message) -> None:
         request_id = jsonrpc.as_request_id(params.get("requestId"))
@@ -683,41 +667,15 @@ class Relay:
         except Denied as exc:
             log.error("audit_record_lost", event_name="call_outcome", error=str(exc))
 
-    async def _handle_client_response(self, message: Message) -> None:
-        request_id = message.get("id")
-        route = (
-            self._server_requests.pop(request_id, None)
-            if type(request_id) is int
-            else None
-        )
-        if route is None:
-            log.warning("client_response_unmatched", id=str(request_id)[:40])
-            return
-
-        self._forget(route)
-        await self._send_safely(route.link, {**message, "id": route.server_id})
-
     def _all_links(self) -> list[Downstream]:
         assert self.pool is not None
         return self.pool.links()
-
-    async def _send_safely(self, link: Downstream, message: Message) -> None:
-        try:
-            await link.send(message)
-        except DownstreamError as exc:
-            log.warning("server_unreachable", server=link.server, error=str(exc))
-
-    async def _send_bounded(self, link: Downstream, message: Message) -> None:
-        """Send from a task of its own: a server that does not take its input
-        must not hold up the deadline watcher."""
-        with anyio.move_on_after(CANCEL_GRACE_S):
-            await self._send_safely(link, message)
 
     # -- servers to client -------------------------------------------------------
 
     async def on_server_message(self, link: Downstream, message: Message) -> None:
         if "id" in message:
-            await self._server_request(link, message)
+            await self.server_requests.forward(link, message)
             return
 
         bucket = self._buckets.get(link)
@@ -747,87 +705,11 @@ class Relay:
                 "params": {**params, "progressToken": route.client_token},
             }
         elif method == "notifications/cancelled":
-            message = self._server_cancelled(link, message, params)
+            message = self.server_requests.cancelled_by_server(link, message)
             if not message:
                 return
 
         await self.front.send(message)
-
-    def _server_cancelled(
-        self, link: Downstream, message: Message, params: Message
-    ) -> Message:
-        for client_facing, route in list(self._server_requests.items()):
-            if route.link is link and route.server_id == params.get("requestId"):
-                del self._server_requests[client_facing]
-                self._forget(route)
-                return {**message, "params": {**params, "requestId": client_facing}}
-
-        return {}
-
-    async def _server_request(self, link: Downstream, message: Message) -> None:
-        server_id = jsonrpc.valid_id(message)
-        if server_id is None:
-            return
-
-        method: str = message["method"]
-        if method == "ping":
-            await self._send_safely(link, jsonrpc.result_response(server_id, {}))
-            return
-
-        refusal = await self._server_request_refusal(link, method)
-        if refusal is not None:
-            code, text = refusal
-            error = jsonrpc.error_response(server_id, code, text)
-            await self._send_safely(link, error)
-            return
-
-        client_facing = next(self._ids)
-        deadline = anyio.current_time() + link.bounds.client_answer_timeout_s
-        route = ServerRequestRoute(link, server_id, method, deadline)
-        self._server_requests[client_facing] = route
-        message = self._map_client_progress(route, message)
-        await self.front.send({**message, "id": client_facing})
-
-    async def _server_request_refusal(
-        self, link: Downstream, method: str
-    ) -> tuple[int, str] | None:
-        try:
-            refusal = await self.gate.server_request_refusal(
-                link.server, method, self.client_init
-            )
-        except Denied as exc:
-            return exc.code, str(exc)
-
-        if refusal is not None:
-            return jsonrpc.POLICY_DENIED, refusal
-
-        waiting = sum(1 for r in self._server_requests.values() if r.link is link)
-        if waiting >= MAX_SERVER_REQUESTS:
-            return jsonrpc.SERVER_UNAVAILABLE, (
-                f"{MAX_SERVER_REQUESTS} requests of server {link.server!r} wait for"
-                " the client's answer already"
-            )
-
-        return None
-
-    def _map_client_progress(
-        self, route: ServerRequestRoute, message: Message
-    ) -> Message:
-        """Give the client a token of the proxy's own for the server's, so that
-        tokens of different servers cannot collide."""
-        params = _params(message)
-        meta = jsonrpc.as_object(params.get("_meta"))
-        if "progressToken" not in meta:
-            return message
-
-        route.token = next(self._ids)
-        self._client_progress[route.token] = (route.link, meta["progressToken"])
-        new_params = {**params, "_meta": {**meta, "progressToken": route.token}}
-        return {**message, "params": new_params}
-
-    def _forget(self, route: ServerRequestRoute) -> None:
-        if route.token is not None:
-            self._client_progress.pop(route.token, None)
 
     async def on_server_ready(self, link: Downstream) -> None:
         await self.gate.sandbox_event("sandbox_started", link)
@@ -841,11 +723,7 @@ class Relay:
             "server_exited", server=link.server, profile=link.profile, reason=reason
         )
         await self.gate.sandbox_event("sandbox_exited", link, reason=reason)
-        for route_id, route in list(self._server_requests.items()):
-            if route.link is link:
-                del self._server_requests[route_id]
-                self._forget(route)
-                await self.front.send(_cancel_notice(route_id, "the server exited"))
+        await self.server_requests.server_exited(link)
 
         self._progress = {t: r for t, r in self._progress.items() if r.link is not link}
         bucket = self._buckets.pop(link, None)
@@ -897,26 +775,7 @@ class Relay:
                 down_ids = [down_id for down_id, _ in expired]
                 self._group.start_soon(link.cancel, down_ids, "deadline exceeded")
 
-        for client_facing, route in list(self._server_requests.items()):
-            if route.deadline <= now:
-                await self._expire_server_request(client_facing, route)
-
-    async def _expire_server_request(
-        self, client_facing: int, route: ServerRequestRoute
-    ) -> None:
-        """The client did not answer a server's request in time: the client is
-        told to cancel it, the server gets an error."""
-        del self._server_requests[client_facing]
-        self._forget(route)
-        await self.front.send(_cancel_notice(client_facing, "no answer in time"))
-        timeout_s = route.link.bounds.client_answer_timeout_s
-        error = jsonrpc.error_response(
-            route.server_id,
-            jsonrpc.REQUEST_TIMEOUT,
-            f"the client did not answer {route.method} within {timeout_s:g} s",
-        )
-        assert self._group is not None
-        self._group.start_soon(self._send_bounded, route.link, error)
+        await self.server_requests.expire(now, self._group)
 
     def bind(self, group: anyio.abc.TaskGroup, pool: Pool) -> None:
         self._group = group
@@ -945,11 +804,3 @@ def _params(message: Message) -> Message:
 
 def _flag(value: Any, key: str) -> bool:
     return jsonrpc.as_object(value).get(key) is True
-
-
-def _cancel_notice(request_id: RequestId, reason: str) -> Message:
-    return {
-        "jsonrpc": "2.0",
-        "method": "notifications/cancelled",
-        "params": {"requestId": request_id, "reason": reason},
-    }
