@@ -30,6 +30,17 @@ from typing import Any
 READ_CHUNK_BYTES = 64 * 1024
 
 
+def _read_chunk(fd: int) -> bytes | None:
+    """What a readable descriptor has: ``b""`` at the end of the stream (a closed
+    or broken pipe too), None when nothing was there after all."""
+    try:
+        return os.read(fd, READ_CHUNK_BYTES)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
 class FdReader:
     """Reads chunks from one non-blocking descriptor.
 
@@ -68,13 +79,9 @@ class FdReader:
         return chunk
 
     def _on_readable(self) -> None:
-        try:
-            chunk = os.read(self.fd, READ_CHUNK_BYTES)
-        except BlockingIOError:
+        chunk = _read_chunk(self.fd)
+        if chunk is None:
             return
-        except OSError:
-            # A closed or broken pipe is the end of the stream.
-            chunk = b""
 
         if chunk:
             self._chunks.append(chunk)
@@ -142,13 +149,9 @@ class FdFeed:
             self._registered = False
 
     def _on_readable(self) -> None:
-        try:
-            chunk = os.read(self.fd, READ_CHUNK_BYTES)
-        except BlockingIOError:
+        chunk = _read_chunk(self.fd)
+        if chunk is None:
             return
-        except OSError:
-            # A closed or broken pipe is the end of the stream.
-            chunk = b""
 
         if not chunk:
             self.close()

@@ -237,21 +237,10 @@ class Downstream:
 
         return True
 
-    def _take_now(self, line: Line) -> bool:
-        """A line dealt with where it arrived: a well-formed response whose
+    def _take_now(self, message: Message) -> bool:
+        """A message dealt with where it arrived: a well-formed response whose
         request can be finished at once (see ``Pending.deliver_now``). Anything
         else is left to ``_on_any_line``."""
-        if isinstance(line, jsonrpc.FrameTooLarge):
-            return False
-
-        if not line or line.isspace():
-            return True
-
-        try:
-            message = jsonrpc.decode(line)
-        except jsonrpc.DecodeError:
-            return False
-
         request_id = message.get("id")
         if type(request_id) is not int:
             return False

@@ -15,7 +15,7 @@ import structlog
 from mcp_sandbox_proxy.fdio import FdFeed, FdWriter
 from mcp_sandbox_proxy.gateway import jsonrpc
 from mcp_sandbox_proxy.gateway.jsonrpc import Message
-from mcp_sandbox_proxy.gateway.lines import Line, LineFeed
+from mcp_sandbox_proxy.gateway.lines import LineFeed
 
 log = structlog.get_logger(__name__)
 
@@ -80,7 +80,9 @@ class ClientChannel:
             self.chunks_read += 1
             return lines.push(chunk)
 
-        lines = LineFeed(self._splitter, lambda line: self._take_now(line, handler))
+        lines = LineFeed(
+            self._splitter, lambda message: self._take_now(message, handler)
+        )
         feed = FdFeed(self._read_fd, push)
         lines.resume = feed.resume
         feed.resume()
@@ -100,20 +102,9 @@ class ClientChannel:
         finally:
             feed.close()
 
-    def _take_now(self, line: Line, handler: ClientHandler) -> bool:
-        """A line dealt with where it arrived: a well-formed message the handler
+    def _take_now(self, message: Message, handler: ClientHandler) -> bool:
+        """A message dealt with where it arrived: a well-formed one the handler
         takes at once. Anything else, errors included, is left to ``_dispatch``."""
-        if isinstance(line, jsonrpc.FrameTooLarge):
-            return False
-
-        if not line or line.isspace():
-            return True
-
-        try:
-            message = jsonrpc.decode(line)
-        except jsonrpc.DecodeError:
-            return False
-
         if ("method" in message and not isinstance(message["method"], str)) or (
             "id" in message and jsonrpc.valid_id(message) is None
         ):

@@ -1,11 +1,13 @@
 """The lines of one peer's output, handled where they arrive when they can be.
 
 Most messages on a busy connection are tool calls and their answers, which the
-relay can pass on without waiting for anything. ``LineFeed`` offers each line to
-such a quick handler right where the bytes come in (the event loop's readable
-callback, see ``fdio.FdFeed``); a line it declines goes to a task that handles
-it with all the waiting it may need. Order is kept: once a line waits, every
-line after it waits too, until the task has caught up and finished with them.
+relay can pass on without waiting for anything. ``LineFeed`` decodes each line
+and offers the message to such a quick handler right where the bytes come in
+(the event loop's readable callback, see ``fdio.FdFeed``); a line it declines,
+one too large, or one that is not a JSON-RPC message goes as it came to a task
+that handles it with all the waiting (and error answers) it may need. Order is
+kept: once a line waits, every line after it waits too, until the task has
+caught up and finished with them. Blank lines are dropped.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from collections.abc import Callable
 import anyio
 import structlog
 
-from mcp_sandbox_proxy.gateway.jsonrpc import FrameTooLarge, LineSplitter
+from mcp_sandbox_proxy.gateway import jsonrpc
+from mcp_sandbox_proxy.gateway.jsonrpc import FrameTooLarge, LineSplitter, Message
 
 log = structlog.get_logger(__name__)
 
@@ -30,16 +33,16 @@ MAX_WAITING_BYTES = 1024 * 1024
 class LineFeed:
     """Splits chunks into lines and hands each to ``take_now`` or to the task.
 
-    ``take_now(line)`` returns True when it has dealt with the line, and False,
-    having done nothing at all, to leave it to ``next_line``. ``push`` returns
-    False when the reader should pause; ``resume`` is then called once there is
-    room again.
+    ``take_now(message)`` returns True when it has dealt with the decoded line,
+    and False, having done nothing at all, to leave the line to ``next_line``.
+    ``push`` returns False when the reader should pause; ``resume`` is then
+    called once there is room again.
     """
 
     def __init__(
         self,
         splitter: LineSplitter,
-        take_now: Callable[[Line], bool],
+        take_now: Callable[[Message], bool],
         resume: Callable[[], None] | None = None,
     ) -> None:
         self.resume = resume
@@ -72,8 +75,19 @@ class LineFeed:
         return not self._paused
 
     def _take(self, line: Line) -> bool:
+        if isinstance(line, FrameTooLarge):
+            return False
+
+        if not line or line.isspace():
+            return True
+
         try:
-            return self._take_now(line)
+            message = jsonrpc.decode(line)
+        except jsonrpc.DecodeError:
+            return False
+
+        try:
+            return self._take_now(message)
         except Exception:
             # A bug must cost one message, never the stream; and a message half
             # handled must not be handled twice, so the line counts as taken.
