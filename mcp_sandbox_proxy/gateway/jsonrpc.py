@@ -123,7 +123,7 @@ def decode(line: bytes) -> Message:
         # orjson reads integers past 64 bits as floats: an id must come back
         # exactly as it was sent. (Elsewhere in a message such integers lose
         # precision; finding them would cost a scan of every message.)
-        if type(value) is dict and type(value.get("id")) is float:  # type: ignore[union-attr]
+        if type(value) is dict and type(as_object(value).get("id")) is float:
             value = _decode_slowly(line)
 
     if not isinstance(value, dict):

@@ -90,11 +90,12 @@ def sanitize_result(result: dict[str, Any], policy: ResolvedPolicy) -> dict[str,
     that needed no cleaning are shared with ``result``, never changed. A result
     that needs neither cleaning nor cutting is returned itself."""
     rules = policy.policy.results
-    content = result.get("content")
+    content: Any = result.get("content")
     if (
         type(content) is list
         and result.get("structuredContent") is None
-        and _plain_ascii_size(content, rules) <= policy.max_result_bytes  # type: ignore[arg-type]
+        and _plain_ascii_size(cast("list[Any]", content), rules)
+        <= policy.max_result_bytes
     ):
         return result
 
@@ -116,10 +117,14 @@ def _plain_ascii_size(blocks: list[Any], rules: Results) -> float:
     copy or a call per field."""
     size = 0
     for block in blocks:
-        if type(block) is not dict or block.get("type") != "text":  # type: ignore[union-attr]
+        if type(block) is not dict:
             return math.inf
 
-        text = block.get("text")  # type: ignore[union-attr]
+        fields = cast("dict[str, Any]", block)
+        if fields.get("type") != "text":
+            return math.inf
+
+        text = fields.get("text")
         if (
             not isinstance(text, str)
             or not text.isascii()
