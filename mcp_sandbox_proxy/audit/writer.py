@@ -108,8 +108,7 @@ class AuditLog:
         if self._journal is None:
             return 0
 
-        check_event(event, fields)
-        return await self._submit(Entry(event, utc_now(), _scrubbed(fields)))
+        return await self._submit(_entry(event, fields))
 
     def can_write_now(self) -> bool:
         """True when ``write_now`` may be used: a record would be appended at once,
@@ -121,12 +120,7 @@ class AuditLog:
         if self._journal is None:
             return 0
 
-        assert self.can_write_now()
-        check_event(event, fields)
-        entry = Entry(event, utc_now(), _scrubbed(fields))
-        self._pending.append(entry)
-        self._commit_inline()
-        return self._outcome(entry)
+        return self._write_inline(_entry(event, fields))
 
     async def aclose(self) -> None:
         """Write the closing record, then sync and close the file."""
@@ -152,10 +146,10 @@ class AuditLog:
         if self._closed:
             raise AuditError(f"the audit log {self.path} is closed")
 
-        self._pending.append(entry)
         if self._can_commit_inline():
-            self._commit_inline()
-            return self._outcome(entry)
+            return self._write_inline(entry)
+
+        self._pending.append(entry)
 
         # A record once begun is finished: cancelling the caller must not leave
         # it unwritten, half-written or out of order.
@@ -179,6 +173,11 @@ class AuditLog:
             and journal.sync_error() is None
             and not journal.rotation_due(settings.rotate_bytes, settings.rotate_seconds)
         )
+
+    def _write_inline(self, entry: Entry) -> int:
+        self._pending.append(entry)
+        self._commit_inline()
+        return self._outcome(entry)
 
     def _commit_inline(self) -> None:
         journal = self._journal
@@ -268,6 +267,12 @@ class AuditLog:
             ) from exc
 
         log.error("audit_log_unavailable", path=str(self.path), error=_reason(exc))
+
+
+def _entry(event: str, fields: dict[str, Any]) -> Entry:
+    """A checked, redacted record of ``event``, not yet linked into the chain."""
+    check_event(event, fields)
+    return Entry(event, utc_now(), _scrubbed(fields))
 
 
 def _scrubbed(fields: dict[str, Any]) -> dict[str, Any]:

@@ -249,7 +249,6 @@ class Downstream:
         if (
             pending is None
             or pending.deliver_now is None
-            or "method" in message
             or not jsonrpc.is_response(message)
             or jsonrpc.response_problem(message) is not None
             or not pending.deliver_now(message)

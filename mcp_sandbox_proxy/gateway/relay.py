@@ -136,19 +136,14 @@ class Relay:
     def take_now(self, message: Message) -> bool:
         """Relay a tools/call at once, in the callback that read it, when nothing
         on its way needs a wait: a tool of a server that is up and takes input, a
-        call its policy allows by name and arguments alone, and an audit log that
-        records at once. That is most calls; any other message is left, untouched,
-        to ``on_client_message`` (False)."""
+        call its policy allows by name and arguments and within its rate limit,
+        and an audit log that records at once. That is most calls; any other
+        message is left, untouched, to ``on_client_message`` (False)."""
         if message.get("method") != "tools/call" or self.client_init is None:
             return False
 
         request_id = jsonrpc.valid_id(message)
-        if (
-            request_id is None
-            or request_id in self._handling
-            or request_id in self._inflight
-            or len(self._handling) + len(self._inflight) >= MAX_CLIENT_REQUESTS
-        ):
+        if request_id is None or self._request_refusal(request_id) is not None:
             return False
 
         params = _params(message)
