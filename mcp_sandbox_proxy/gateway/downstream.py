@@ -245,12 +245,15 @@ class Downstream:
         if type(request_id) is not int:
             return False
 
+        # Only a plain success is finished here: an error, or anything odd, is
+        # checked and reported on the task's way.
         pending = self.pending.get(request_id)
         if (
             pending is None
             or pending.deliver_now is None
-            or not jsonrpc.is_response(message)
-            or jsonrpc.response_problem(message) is not None
+            or "method" in message
+            or "error" in message
+            or type(message.get("result")) is not dict
             or not pending.deliver_now(message)
         ):
             return False
@@ -342,11 +345,13 @@ class Downstream:
     def send_request_now(
         self, message: Message, pending: Pending, timeout_s: float, request_id: int
     ) -> None:
-        """``send_request`` for a caller that checked ``input_ready``."""
+        """``send_request`` for a caller that checked ``input_ready`` and gives up
+        ``message``: its id is set in place."""
         assert self.process is not None
         pending.deadline = time.monotonic() + timeout_s
         self.pending[request_id] = pending
-        self.process.send_nowait(jsonrpc.encode({**message, "id": request_id}))
+        message["id"] = request_id
+        self.process.send_nowait(jsonrpc.encode(message))
 
     async def send(self, message: Message) -> None:
         """Write one message to the server; raises ``DownstreamError``."""

@@ -24,8 +24,9 @@ class ClientHandler(Protocol):
     """What the relay does with a message from the client."""
 
     def take_now(self, message: Message) -> bool:
-        """Deal with a well-formed message at once if nothing needs a wait; False,
-        having done nothing, leaves it to ``on_client_message``."""
+        """Deal with a decoded message at once if it is well-formed and nothing
+        needs a wait; False, having done nothing, leaves it to the channel's own
+        checks and then ``on_client_message``."""
         ...
 
     async def on_client_message(self, message: Message) -> None: ...
@@ -80,9 +81,7 @@ class ClientChannel:
             self.chunks_read += 1
             return lines.push(chunk)
 
-        lines = LineFeed(
-            self._splitter, lambda message: self._take_now(message, handler)
-        )
+        lines = LineFeed(self._splitter, handler.take_now)
         feed = FdFeed(self._read_fd, push)
         lines.resume = feed.resume
         feed.resume()
@@ -101,16 +100,6 @@ class ClientChannel:
                     await self._dispatch(line, handler)
         finally:
             feed.close()
-
-    def _take_now(self, message: Message, handler: ClientHandler) -> bool:
-        """A message dealt with where it arrived: a well-formed one the handler
-        takes at once. Anything else, errors included, is left to ``_dispatch``."""
-        if ("method" in message and not isinstance(message["method"], str)) or (
-            "id" in message and jsonrpc.valid_id(message) is None
-        ):
-            return False
-
-        return handler.take_now(message)
 
     async def _dispatch(self, line: bytes, handler: ClientHandler) -> None:
         try:

@@ -61,7 +61,7 @@ class Call:
     policy: ResolvedPolicy
     admitted_at: float
     sent_at: float = 0.0
-    fields: dict[str, Any] = field(default_factory=lambda: {})
+    fields: dict[str, Any] = field(default_factory=dict[str, Any])
 
     @property
     def profile(self) -> str:
@@ -86,6 +86,8 @@ class CallGate:
         self._policies = policies
         self._pins = pins
         self._audit = audit
+        # Fixed for the log's life, and asked twice a call.
+        self._records = audit.records
         self._session = session
         self._client = ""
         self._calls: dict[RequestId, Call] = {}
@@ -165,7 +167,7 @@ class CallGate:
             )
 
         call = Call(client_id, server, tool, decision.policy, time.monotonic())
-        if self._audit.records:
+        if self._records:
             await self._write("call_intent", **self._intent(call, decision, arguments))
 
         return self._admitted(call)
@@ -178,7 +180,7 @@ class CallGate:
         back by its pin, with the audit log taking records at once. None for any
         other call. Changes nothing."""
         if (self._pins is not None and self._pins.is_hidden(server, tool)) or (
-            not self._audit.can_write_now()
+            self._records and not self._audit.can_write_now()
         ):
             return None
 
@@ -200,7 +202,7 @@ class CallGate:
             return None
 
         call = Call(client_id, server, tool, decision.policy, time.monotonic())
-        if self._audit.records:
+        if self._records:
             intent = self._intent(call, decision, params.get("arguments"))
             try:
                 self._audit.write_now(
@@ -275,7 +277,7 @@ class CallGate:
     @property
     def records_now(self) -> bool:
         """True when ``complete_now`` may be used: records are written at once."""
-        return self._audit.can_write_now()
+        return not self._records or self._audit.can_write_now()
 
     def complete_now(self, call: Call, response: Message) -> Message:
         """``complete`` with no wait, after ``records_now``; raises ``Denied``."""
@@ -299,7 +301,7 @@ class CallGate:
         """What the client gets of ``response``, and the fields of the outcome
         record (None when nothing is recorded)."""
         self._calls.pop(call.client_id, None)
-        records = self._audit.records
+        records = self._records
         now = time.monotonic() if records else 0.0
         result = response.get("result")
         if isinstance(result, dict):

@@ -119,18 +119,18 @@ def decode(line: bytes) -> Message:
         # orjson refuses lone surrogate escapes, which JSON allows: give such a
         # message a second chance with the standard decoder.
         value = _decode_slowly(line)
-    else:
-        # orjson reads integers past 64 bits as floats: an id must come back
-        # exactly as it was sent. (Elsewhere in a message such integers lose
-        # precision; finding them would cost a scan of every message.)
-        if type(value) is dict and type(as_object(value).get("id")) is float:
-            value = _decode_slowly(line)
 
     if not isinstance(value, dict):
         kind = "a batch" if isinstance(value, list) else "not an object"
         raise DecodeError(INVALID_REQUEST, f"Invalid Request: message is {kind}", None)
 
     message: Message = value  # type: ignore[assignment]
+    if type(message.get("id")) is float:
+        # orjson reads integers past 64 bits as floats: an id must come back
+        # exactly as it was sent. (Elsewhere in a message such integers lose
+        # precision; finding them would cost a scan of every message.)
+        message = _decode_slowly(line)
+
     if message.get("jsonrpc") != "2.0":
         raise DecodeError(
             INVALID_REQUEST, "Invalid Request: jsonrpc must be '2.0'", _id_of(message)

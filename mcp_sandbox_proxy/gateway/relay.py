@@ -142,8 +142,12 @@ class Relay:
         if message.get("method") != "tools/call" or self.client_init is None:
             return False
 
-        request_id = jsonrpc.valid_id(message)
-        if request_id is None or self._request_refusal(request_id) is not None:
+        # JSON gives an id exactly one of these types; anything else is the
+        # task's to refuse.
+        request_id = message.get("id")
+        if (
+            type(request_id) is not int and type(request_id) is not str
+        ) or self._request_refusal(request_id) is not None:
             return False
 
         params = _params(message)
@@ -166,8 +170,9 @@ class Relay:
         if call is None:
             return False
 
-        outgoing = {**message, "params": {**params, "name": origin.name}}
-        outgoing, pending, route = self._route(link, outgoing, call)
+        # Decoded for this call alone, the message is forwarded changed in place.
+        params["name"] = origin.name
+        outgoing, pending, route = self._route(link, message, call)
         link.send_request_now(outgoing, pending, call.timeout_s, route.down_id)
         return True
 

@@ -171,7 +171,10 @@ class PolicySet:
     def take_rate(self, server: str, tool: str, policy: ResolvedPolicy) -> bool:
         """Count a call allowed by ``plain_allowance`` against its rate limit;
         False, having counted nothing, when the limit is reached."""
-        return self._check_rate(server, tool, policy) is None
+        return (
+            policy.policy.rate.per_minute is None
+            or self._check_rate(server, tool, policy) is None
+        )
 
     def _tool_verdict(self, server: str, tool: str) -> _ToolVerdict:
         """What a tool's name alone decides: policies do not change while the

@@ -92,10 +92,8 @@ def sanitize_result(result: dict[str, Any], policy: ResolvedPolicy) -> dict[str,
     rules = policy.policy.results
     content: Any = result.get("content")
     if (
-        type(content) is list
-        and result.get("structuredContent") is None
-        and _plain_ascii_size(cast("list[Any]", content), rules)
-        <= policy.max_result_bytes
+        result.get("structuredContent") is None
+        and _plain_ascii_size(content, rules) <= policy.max_result_bytes
     ):
         return result
 
@@ -111,16 +109,19 @@ def sanitize_result(result: dict[str, Any], policy: ResolvedPolicy) -> dict[str,
     return cap_result(cleaned, policy.max_result_bytes)
 
 
-def _plain_ascii_size(blocks: list[Any], rules: Results) -> float:
-    """Bytes of ``blocks`` if they are all text blocks of ASCII that cleaning
-    leaves as it is, else infinity. The most common result, checked without a
-    copy or a call per field."""
+def _plain_ascii_size(blocks: list[dict[str, Any]], rules: Results) -> float:
+    """Bytes of the text in ``blocks`` if it is a list of text blocks of ASCII
+    that cleaning leaves as it is, else infinity. The most common result, checked
+    without a copy or a call per field."""
+    # The annotation is what a result should hold; the tests check what it does.
+    if type(blocks) is not list:
+        return math.inf
+
     size = 0
-    for block in blocks:
-        if type(block) is not dict:
+    for fields in blocks:
+        if type(fields) is not dict:
             return math.inf
 
-        fields = cast("dict[str, Any]", block)
         if fields.get("type") != "text":
             return math.inf
 
@@ -128,7 +129,7 @@ def _plain_ascii_size(blocks: list[Any], rules: Results) -> float:
         if (
             not isinstance(text, str)
             or not text.isascii()
-            or clean_text(text, rules) != text
+            or (not text.isprintable() and clean_text(text, rules) != text)
         ):
             return math.inf
 
