@@ -267,7 +267,9 @@ class PollingSelector(selectors.EpollSelector):
     hundred microseconds, so polling that long keeps the proxy awake for them.
     The price is at most ``spin_s`` of CPU after each burst of activity, and
     none while the proxy is idle: a wait that ended without activity (a timer)
-    is followed by a plain sleep.
+    is followed by a plain sleep. Between polls the thread yields the CPU, so
+    that on a machine with more busy processes than cores the client and the
+    servers are not kept waiting by the poll.
     """
 
     def __init__(self, spin_s: float) -> None:
@@ -286,6 +288,11 @@ class PollingSelector(selectors.EpollSelector):
                 ready = super().select(0)
                 if ready:
                     return ready
+
+                # A client or server that is ready to run gets this CPU first:
+                # on a busy machine the poll must not hold up the very process
+                # whose message it waits for.
+                os.sched_yield()
 
         ready = super().select(timeout)
         if would_sleep:

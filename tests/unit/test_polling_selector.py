@@ -82,3 +82,37 @@ def test_the_proxy_loop_polls_only_when_it_may_and_runs_anyio(
 
     assert seen[0] == "PollingSelector"
     assert "PollingSelector" not in seen[1:]
+
+
+def test_the_poll_yields_the_cpu_between_polls(
+    pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a machine with more busy processes than cores, polling must let a
+    runnable client or server have the CPU: each empty poll is followed by a
+    yield, and data that arrives ends the poll without one."""
+    read_fd, write_fd = pipe
+    yields: list[int] = []
+    real_yield = os.sched_yield
+
+    def counted_yield() -> None:
+        yields.append(1)
+        real_yield()
+
+    monkeypatch.setattr(os, "sched_yield", counted_yield)
+    selector = PollingSelector(0.02)
+    selector.register(read_fd, selectors.EVENT_READ)
+    os.write(write_fd, b"first")
+    assert selector.select(None)
+    os.read(read_fd, 16)
+
+    assert selector.select(0.02) == []  # a whole poll that finds nothing
+    assert len(yields) > 1
+
+    os.write(write_fd, b"second")
+    assert selector.select(None)  # activity again: the next wait polls first
+    os.read(read_fd, 16)
+    yields.clear()
+    os.write(write_fd, b"third")
+    assert selector.select(None)  # its first poll finds data: no yield
+    assert yields == []
+    selector.close()
