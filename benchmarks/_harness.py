@@ -195,3 +195,12 @@ def proxy_argv(config: Path) -> list[str]:
 
 def echo_argv() -> list[str]:
     return [sys.executable, str(ECHO_SERVER)]
+
+
+def bare_relay_argv() -> list[str]:
+    """The echo server behind the bare relay, the yardstick of any relay."""
+    return [
+        sys.executable,
+        str(Path(__file__).with_name("_bare_relay.py")),
+        *echo_argv(),
+    ]

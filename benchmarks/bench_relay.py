@@ -7,7 +7,10 @@ up and listed, and again after every call above), each with its ratio against
 the direct connection. The proxy runs the ``process`` backend with auditing
 off, so the figures are the relay's own cost. Like a real client, each
 connection lists the tools before it calls one. The p50 is measured again with
-``pollMicroseconds: 0``, to show what the poll before each sleep buys.
+``pollMicroseconds: 0``, to show what the poll before each sleep buys. The
+throughput rounds include a bare relay (``_bare_relay.py``: decode, new id,
+encode, nothing else), the yardstick of what any relay in Python reaches on
+the machine at the time.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 from _harness import (
     LineClient,
+    bare_relay_argv,
     echo_argv,
     latencies_us,
     p50,
@@ -48,19 +52,19 @@ def measure(client: LineClient, tool: str) -> dict[str, float]:
 
 
 def interleaved_throughput(
-    direct: LineClient, proxied: LineClient
-) -> tuple[float, float]:
-    """Median calls/s of each connection over rounds taken in turn: this machine's
-    speed drifts by a third within a minute, and taking turns spreads the drift
-    over both sides instead of biasing the ratio."""
-    rounds: dict[str, list[float]] = {"echo": [], "one__echo": []}
+    connections: dict[str, tuple[LineClient, str]],
+) -> dict[str, float]:
+    """Median calls/s of each connection (client, tool) over rounds taken in
+    turn: this machine's speed drifts by a third within a minute, and taking
+    turns spreads the drift over every side instead of biasing the ratios."""
+    rounds: dict[str, list[float]] = {name: [] for name in connections}
     for _ in range(THROUGHPUT_ROUNDS):
-        for client, tool in ((direct, "echo"), (proxied, "one__echo")):
-            rounds[tool].append(
+        for name, (client, tool) in connections.items():
+            rounds[name].append(
                 throughput(client, tool, {"text": "t"}, THROUGHPUT_CALLS, WINDOW)
             )
 
-    return p50(rounds["echo"]), p50(rounds["one__echo"])
+    return {name: p50(figures) for name, figures in rounds.items()}
 
 
 def servers() -> dict[str, Any]:
@@ -92,14 +96,22 @@ def main() -> None:
     time.sleep(0.2)
     idle_rss_mib = rss_kib(proxied.process.pid) / 1024
     proxy_figures = measure(proxied, "one__echo")
-    (
-        direct_figures["calls_per_s"],
-        proxy_figures["calls_per_s"],
-    ) = interleaved_throughput(direct, proxied)
+    bare = LineClient(bare_relay_argv())
+    bare.initialize()
+    calls_per_s = interleaved_throughput(
+        {
+            "direct": (direct, "echo"),
+            "proxy": (proxied, "one__echo"),
+            "bare": (bare, "echo"),
+        }
+    )
+    direct_figures["calls_per_s"] = calls_per_s["direct"]
+    proxy_figures["calls_per_s"] = calls_per_s["proxy"]
     time.sleep(0.2)
     rss_mib = rss_kib(proxied.process.pid) / 1024
     direct.close()
     proxied.close()
+    bare.close()
 
     single = proxy_config(
         {"echo": {"command": echo_argv()[0], "args": echo_argv()[1:]}}
@@ -118,12 +130,14 @@ def main() -> None:
     for key, label in (
         ("p50_us", "p50 latency (us)"),
         ("p99_us", "p99 latency (us)"),
-        ("calls_per_s", f"calls/s, {WINDOW} in flight"),
         ("p50_64k_us", "p50 64 KiB result (us)"),
+        ("calls_per_s", f"calls/s, {WINDOW} in flight"),
     ):
         d, p = direct_figures[key], proxy_figures[key]
         print(f"{label:<28}{d:>12.1f}{p:>12.1f}{p / d:>8.2f}{p - d:>12.1f}")
 
+    d, b = direct_figures["calls_per_s"], calls_per_s["bare"]
+    print(f"{'calls/s, bare relay':<28}{d:>12.1f}{b:>12.1f}{b / d:>8.2f}{b - d:>12.1f}")
     d = direct_figures["p50_us"]
     print(
         f"{'p50, polling off (us)':<28}{d:>12.1f}{unpolled_p50:>12.1f}"
