@@ -16,6 +16,7 @@ from pathlib import Path
 
 import structlog
 
+from mcp_sandbox_proxy.claude_desktop import default_claude_path
 from mcp_sandbox_proxy.commands import Subparsers
 from mcp_sandbox_proxy.exceptions import ConfigError
 from mcp_sandbox_proxy.policy.loader import SHIPPED_POLICIES, PolicyLibrary
@@ -29,7 +30,6 @@ from mcp_sandbox_proxy.wrap import (
     WrapRecord,
     WrapRequest,
     backup_path,
-    default_claude_path,
     default_proxy_config_path,
     load_record,
     plan_unwrap,

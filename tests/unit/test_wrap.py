@@ -12,18 +12,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mcp_sandbox_proxy.claude_desktop import PROXY_SERVER_NAME, default_claude_path
 from mcp_sandbox_proxy.config import load_config
 from mcp_sandbox_proxy.exceptions import ConfigError
 from mcp_sandbox_proxy.wrap import (
     NEW_PROXY_CONFIG_MODE,
-    PROXY_SERVER_NAME,
     Change,
     Existing,
     Files,
     WrapRecord,
     WrapRequest,
     backup_path,
-    default_claude_path,
     default_proxy_config_path,
     load_record,
     plan_unwrap,
