@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _chosen(config: ProxyConfig, names: list[str]) -> dict[str, Launch]:
-    from mcp_sandbox_proxy.gateway.serve import sandbox_specs
+    from mcp_sandbox_proxy.gateway.startup import sandbox_specs
     from mcp_sandbox_proxy.install.servers import server_launches
     from mcp_sandbox_proxy.policy import PolicySet
 

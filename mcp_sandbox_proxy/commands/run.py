@@ -35,7 +35,7 @@ def register(subparsers: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mcp_sandbox_proxy.fdio import polling_loop
-    from mcp_sandbox_proxy.gateway.serve import serve
+    from mcp_sandbox_proxy.gateway.startup import Startup
 
     config = load_config(args.config)
     settings = config.proxy
@@ -44,5 +44,9 @@ def run(args: argparse.Namespace) -> int:
         format=args.log_format or settings.log_format,
     )
     policies = PolicySet.load(config)
+    startup = Startup.begin(config, policies)
+    # Imported once the servers are starting: the imports overlap their starts.
+    from mcp_sandbox_proxy.gateway.serve import serve
+
     loop = {"loop_factory": polling_loop(settings.poll_microseconds / 1e6)}
-    return anyio.run(serve, config, policies, backend_options=loop)
+    return anyio.run(serve, config, policies, startup, backend_options=loop)

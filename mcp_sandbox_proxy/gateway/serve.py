@@ -7,10 +7,8 @@ sandbox is stopped (each stop bounded) and the audit log is closed.
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
 import uuid
-from collections.abc import Iterable
 
 import anyio
 import structlog
@@ -22,12 +20,12 @@ from mcp_sandbox_proxy.gateway.front import ClientChannel
 from mcp_sandbox_proxy.gateway.gate import CallGate
 from mcp_sandbox_proxy.gateway.pool import Pool, instance_bounds
 from mcp_sandbox_proxy.gateway.relay import Relay
+from mcp_sandbox_proxy.gateway.startup import Startup
 from mcp_sandbox_proxy.heap import trim_when_idle
-from mcp_sandbox_proxy.install.servers import installing, server_launches
-from mcp_sandbox_proxy.policy import PolicySet, ResolvedPolicy
+from mcp_sandbox_proxy.install.servers import installing
+from mcp_sandbox_proxy.policy import PolicySet
 from mcp_sandbox_proxy.policy.pins import ToolPins
 from mcp_sandbox_proxy.sandbox.registry import Backends
-from mcp_sandbox_proxy.sandbox.spec import SandboxSpec
 
 log = structlog.get_logger(__name__)
 
@@ -36,15 +34,18 @@ SHUTDOWN_TIMEOUT_S = 10.0
 
 
 async def serve(
-    config: ProxyConfig, policies: PolicySet, *, read_fd: int = 0, write_fd: int = 1
+    config: ProxyConfig,
+    policies: PolicySet,
+    startup: Startup,
+    *,
+    read_fd: int = 0,
+    write_fd: int = 1,
 ) -> int:
     """Serve MCP on the given descriptors until the client goes away."""
     servers = config.enabled_servers()
-    instances = sandbox_specs(policies, servers)
-    launches = server_launches(config, instances)
-    instance = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    audit = AuditLog.open(config.proxy.audit, instance=instance)
-    backends = Backends(instance=instance)
+    launches = startup.launches
+    audit = AuditLog.open(config.proxy.audit, instance=startup.instance)
+    backends = startup.backends
     front = ClientChannel(read_fd, write_fd)
     pins = ToolPins.for_config(config)
     # One client per proxy process: the client session is named apart from the
@@ -75,12 +76,14 @@ async def serve(
             async with anyio.create_task_group() as group:
                 pool = Pool(group, relay, relay.initialize_params)
                 relay.bind(group, pool)
-                for key, spec, policy in instances:
+                for key, spec, policy in startup.instances:
                     spec = await with_egress(
                         filters, key, spec, policy, gate, config.proxy.egress_hosts
                     )
                     bounds = instance_bounds(policy)
-                    backend = backends.get(policy.backend)
+                    backend = startup.head_start.backend_for(
+                        key, backends.get(policy.backend)
+                    )
                     if install_first is not None and key[0] in launches:
                         backend = install_first(backend, key[0], launches[key[0]])
 
@@ -103,6 +106,7 @@ async def serve(
             if not stopped:
                 await _shut_down(pool, backends, gate)
 
+            await startup.head_start.aclose()
             await audit.aclose()
 
         front.close()
@@ -117,22 +121,6 @@ async def _shut_down(pool: Pool | None, backends: Backends, gate: CallGate) -> N
             await gate.sandboxes_stopped()
 
         await backends.aclose()
-
-
-def sandbox_specs(
-    policies: PolicySet, servers: Iterable[str]
-) -> list[tuple[tuple[str, str], SandboxSpec, ResolvedPolicy]]:
-    """Every instance to run: its (server, profile) key, spec and policy.
-    Built before anything starts, so that a missing variable or secret stops the
-    proxy with its error instead of leaving some servers running."""
-    instances: list[tuple[tuple[str, str], SandboxSpec, ResolvedPolicy]] = []
-    for name in servers:
-        server = policies.expanded_server(name)
-        for policy in policies.profiles(name):
-            spec = policy.sandbox_spec(name, server, os.environ)
-            instances.append(((name, policy.profile), spec, policy))
-
-    return instances
 
 
 def config_digest(config: ProxyConfig) -> str:

@@ -43,8 +43,8 @@ def spawn_piped(
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` in a new session with piped stdio and non-blocking pipes.
 
-    Must run on the event loop's own thread: a parent-death signal set by
-    ``preexec`` fires when the *thread* that forked exits.
+    Must run on the thread that runs the event loop, or will: a parent-death
+    signal set by ``preexec`` fires when the *thread* that forked exits.
     """
     try:
         popen = subprocess.Popen(

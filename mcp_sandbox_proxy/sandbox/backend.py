@@ -102,6 +102,11 @@ class Backend(ABC):
     async def start(self, spec: SandboxSpec) -> SandboxProcess:
         """Start the server described by ``spec``; raise ``SandboxError`` if not."""
 
+    def start_now(self, spec: SandboxSpec) -> SandboxProcess | None:
+        """``start`` done at once, blocking, before the event loop runs; None from
+        a backend that can start a server only inside the loop."""
+        return None
+
     def checks(self) -> list[BackendCheck]:
         """What this host offers the backend, for ``doctor`` and fail-closed starts."""
         return []

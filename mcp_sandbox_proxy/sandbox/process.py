@@ -38,6 +38,9 @@ class ProcessBackend(Backend):
     name = "process"
 
     async def start(self, spec: SandboxSpec) -> PipedProcess:
+        return self.start_now(spec)
+
+    def start_now(self, spec: SandboxSpec) -> PipedProcess:
         log.warning(
             "unsandboxed_server_started",
             server=spec.name,

@@ -26,7 +26,7 @@ from mcp_sandbox_proxy.exceptions import (
     SandboxError,
     SandboxUnavailable,
 )
-from mcp_sandbox_proxy.gateway.serve import sandbox_specs
+from mcp_sandbox_proxy.gateway.startup import sandbox_specs
 from mcp_sandbox_proxy.policy import PolicySet, ResolvedPolicy
 from mcp_sandbox_proxy.sandbox.backend import Backend
 from mcp_sandbox_proxy.sandbox.egress import EgressFilter

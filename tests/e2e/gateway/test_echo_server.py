@@ -219,3 +219,48 @@ async def test_pipelined_calls_keep_each_servers_order(relay_config: Any) -> Non
             notices = seen[position - 3 : position]
             assert [n["method"] for n in notices] == ["notifications/message"] * 3
             assert [n["params"]["data"] for n in notices] == [0, 1, 2]
+
+
+def _children_running(parent: int, script: Path) -> list[int]:
+    """The pids of ``parent``'s children that run ``script``."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and (
+            str(script).encode() in cmdline
+        ):
+            found.append(int(entry.name))
+
+    return found
+
+
+@pytest.mark.anyio
+async def test_servers_started_before_the_loop_run_once_and_serve(
+    relay_config: Any,
+) -> None:
+    """Servers start before the proxy's event loop, so that their start overlaps
+    the proxy's own: each still runs as one process, the one that answers, and a
+    server whose command is missing is reported failed while the others serve."""
+    ghost = {"command": "no-such-server-command-anywhere"}
+    config = relay_config({"alpha": echo(), "beta": echo(), "ghost": ghost})
+    async with raw_proxy(config) as proxy:
+        await proxy.send({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        listed = await proxy.receive_response(1)
+        call = {"name": "beta__echo", "arguments": {"text": "early"}}
+        await proxy.send(
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call}
+        )
+        answer = await proxy.receive_response(2)
+        servers = _children_running(proxy.process.pid, ECHO_SERVER)
+
+    names = {tool["name"] for tool in listed["result"]["tools"]}
+    assert {"alpha__echo", "beta__echo"} <= names
+    assert not any(name.startswith("ghost__") for name in names)
+    assert answer["result"]["content"][0]["text"] == "early"
+    assert len(servers) == 2
