@@ -57,6 +57,10 @@ _INVISIBLE = re.compile(
 
 # Bytes that plain ASCII text may hold without any cleaning.
 _CLEAN_ASCII = bytes(range(0x20, 0x7F)) + b"\t\n"
+# Up to this many characters ``isprintable`` is the quicker test of ASCII text;
+# it looks every character up in the Unicode tables, and past this length a
+# byte table (``translate``) is quicker: 46 against 100 us for 64 KiB.
+_SHORT_TEXT = 256
 # The fields of a content block, by its type, that hold text shown to the model.
 _TEXT_FIELDS = {"text": ("text",), "resource_link": ("name", "title", "description")}
 
@@ -64,10 +68,10 @@ _TEXT_FIELDS = {"text": ("text",), "resource_link": ("name", "title", "descripti
 def clean_text(text: str, rules: Results) -> str:
     """``text`` without terminal escapes and invisible characters (per ``rules``)."""
     if text.isascii():
-        # The common case, checked in C at memory speed: invisible characters
-        # are never ASCII, and most text holds no control character at all
-        # (a single line of it none, not even a tab).
-        if text.isprintable():
+        # The common case, checked in C: invisible characters are never ASCII,
+        # and most text holds no control character at all (a single line of it
+        # none, not even a tab).
+        if len(text) <= _SHORT_TEXT and text.isprintable():
             return text
 
         controls = text.encode("ascii").translate(None, _CLEAN_ASCII)
@@ -129,7 +133,10 @@ def _plain_ascii_size(blocks: list[dict[str, Any]], rules: Results) -> float:
         if (
             not isinstance(text, str)
             or not text.isascii()
-            or (not text.isprintable() and clean_text(text, rules) != text)
+            or (
+                (len(text) > _SHORT_TEXT or not text.isprintable())
+                and clean_text(text, rules) != text
+            )
         ):
             return math.inf
 
