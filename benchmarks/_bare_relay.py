@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from mcp_sandbox_proxy.config import ProxySettings
-from mcp_sandbox_proxy.fdio import PollingSelector
+from mcp_sandbox_proxy.fdio import RelaySelector
 
 POLL_S = ProxySettings.model_fields["poll_microseconds"].default / 1e6
 
@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
     client_ids: dict[int, Any] = {}
     next_id = 0
     partial = {0: b"", from_server: b""}
-    selector = PollingSelector(POLL_S)
+    selector = RelaySelector(POLL_S)
     selector.register(0, selectors.EVENT_READ)
     selector.register(from_server, selectors.EVENT_READ)
     while True:

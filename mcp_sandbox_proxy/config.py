@@ -95,7 +95,7 @@ class ProxySettings(_Strict):
     ``egressHosts`` maps names to addresses for the egress filters, consulted
     before DNS as a hosts file is: for names only a private network knows.
     ``pollMicroseconds`` is how long the proxy polls for the next message after
-    activity before it sleeps (``fdio.PollingSelector``); 0 turns polling off.
+    activity before it sleeps (``fdio.RelaySelector``); 0 turns polling off.
     """
 
     policy_paths: tuple[Path, ...] = Field(default=(), alias="policyPaths")

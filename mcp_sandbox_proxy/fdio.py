@@ -6,24 +6,27 @@ and every relayed message crosses it twice, so it is kept lean:
 - reads ask for 64 KiB: asyncio's pipe transports ask for 256 KiB, an allocation
   above malloc's mmap threshold that costs about 100 us per small message;
 - the descriptor stays registered with the event loop, and its readiness
-  callback reads, instead of a wait being set up and torn down around each read
-  as ``anyio.wait_readable`` does.
+  callback reads (for the relay's own pipes, the selector itself runs it),
+  instead of a wait being set up and torn down around each read as
+  ``anyio.wait_readable`` does.
 
 This is the one module that reaches below anyio, to the asyncio loop it runs on;
-``polling_loop`` makes that loop, with a selector that polls briefly before it
-sleeps (see ``PollingSelector``).
+``relay_loop`` makes that loop, with a selector that runs the readers of the
+relay's pipes itself and polls briefly before it sleeps (see ``RelaySelector``).
 """
 
 from __future__ import annotations
 
 import asyncio  # noqa: TID251 - the readiness callbacks anyio does not expose
 import contextlib
+import math
 import os
+import select
 import selectors
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 # Bytes asked of the kernel per read: large enough for a typical message in one
 # read, small enough to stay under malloc's mmap threshold.
@@ -115,19 +118,21 @@ class FdReader:
 
 
 class FdFeed:
-    """Hands each chunk read from one non-blocking descriptor to ``on_chunk`` in
-    the event loop's readable callback itself, and ``b""`` at the end of the
-    stream.
+    """Hands each chunk read from one non-blocking descriptor to ``on_chunk`` as
+    soon as the descriptor is readable, and ``b""`` at the end of the stream.
 
     No task is woken and no future made for a chunk, so a consumer that can
     finish a message on the spot (see ``LineFeed`` in the gateway) relays it for
-    a fraction of the cost of a task switch. ``on_chunk`` returns False to pause
-    reading until ``resume`` is called.
+    a fraction of the cost of a task switch. Under ``relay_loop`` the selector
+    itself runs the read (see ``RelaySelector``); under any other loop, the
+    loop's readable callback does. ``on_chunk`` returns False to pause reading
+    until ``resume`` is called.
     """
 
     def __init__(self, fd: int, on_chunk: Callable[[bytes], bool]) -> None:
         self.fd = fd
         self._loop = asyncio.get_running_loop()
+        self._selector = _RELAY_SELECTORS.get(self._loop)
         self._on_chunk = on_chunk
         self._registered = False
         self._ended = False
@@ -135,7 +140,10 @@ class FdFeed:
     def resume(self) -> None:
         """Start, or go on, reading."""
         if not self._registered and not self._ended:
-            self._loop.add_reader(self.fd, self._on_readable)
+            if self._selector is not None:
+                self._selector.add_direct_reader(self.fd, self._on_readable)
+            else:
+                self._loop.add_reader(self.fd, self._on_readable)
             self._registered = True
 
     def close(self) -> None:
@@ -145,7 +153,10 @@ class FdFeed:
 
     def _pause(self) -> None:
         if self._registered:
-            self._loop.remove_reader(self.fd)
+            if self._selector is not None:
+                self._selector.remove_direct_reader(self.fd)
+            else:
+                self._loop.remove_reader(self.fd)
             self._registered = False
 
     def _on_readable(self) -> None:
@@ -164,16 +175,18 @@ class FdWriter:
     """Writes to one non-blocking descriptor, in order, coalescing small writes.
 
     Messages written during one turn of the event loop go out in one ``os.write``
-    at the end of that turn: each write to a pipe may wake its reader, and on a
-    virtual machine a wake-up costs tens of microseconds. What the pipe does not
-    take is written when the descriptor is writable; a writer with more than
-    ``high_water_bytes`` queued waits until the reader catches up. Errors surface
-    on the next ``write``.
+    at the end of that turn (or, written by the direct readers of a
+    ``RelaySelector``, once the selector has run all of them): each write to a
+    pipe may wake its reader, and on a virtual machine a wake-up costs tens of
+    microseconds. What the pipe does not take is written when the descriptor is
+    writable; a writer with more than ``high_water_bytes`` queued waits until the
+    reader catches up. Errors surface on the next ``write``.
     """
 
     def __init__(self, fd: int, high_water_bytes: int = 1024 * 1024) -> None:
         self.fd = fd
         self._loop = asyncio.get_running_loop()
+        self._selector = _RELAY_SELECTORS.get(self._loop)
         self._queued = bytearray()
         self._high_water = high_water_bytes
         self._waiters: list[asyncio.Future[None]] = []
@@ -196,7 +209,11 @@ class FdWriter:
         self._queued += data
         if not self._scheduled and not self._watching:
             self._scheduled = True
-            self._loop.call_soon(self._flush)
+            selector = self._selector
+            if selector is not None and selector.dispatching:
+                selector.after_dispatch.append(self._flush)
+            else:
+                self._loop.call_soon(self._flush)
 
     async def write(self, data: bytes) -> None:
         """Queue ``data`` after everything written before; raises ``OSError``."""
@@ -256,12 +273,24 @@ class FdWriter:
                 waiter.set_result(None)
 
 
-class PollingSelector(selectors.EpollSelector):
-    """An epoll selector that, right after activity, polls for up to ``spin_s``
-    before it lets the thread sleep.
+class RelaySelector(selectors.EpollSelector):
+    """The relay's epoll selector: it runs direct readers itself, and after
+    activity polls for up to ``spin_s`` before it lets the thread sleep.
 
-    Every relayed call crosses the proxy twice, and each crossing used to end
-    with the proxy asleep in ``epoll_wait``: waking it again costs the
+    Direct readers. asyncio turns every readiness report into a key, then a
+    handle that its loop runs on a later pass, and a write queued there is
+    flushed by yet another handle after one more pass: two turns of the loop for
+    each message relayed. The callback of a descriptor added with
+    ``add_direct_reader`` is instead run by ``select`` as soon as epoll reports
+    it, and the writers that its callback wrote to (``FdWriter`` queues their
+    flush on ``after_dispatch``) are flushed once all the callbacks of that
+    report have run. While direct readers leave the loop nothing to do (no
+    callback, no new timer), the poll goes on without a turn of the loop. Other
+    descriptors are reported to the loop as usual; a direct descriptor must not
+    also be given to the loop's ``add_reader`` or ``add_writer``.
+
+    Polling. Every relayed call crosses the proxy twice, and each crossing used
+    to end with the proxy asleep in ``epoll_wait``: waking it again costs the
     scheduler's wake-up latency, and the code it then runs finds cold caches. A
     client's next request and a server's answer usually come within a few
     hundred microseconds, so polling that long keeps the proxy awake for them.
@@ -272,46 +301,174 @@ class PollingSelector(selectors.EpollSelector):
     servers are not kept waiting by the poll.
     """
 
-    def __init__(self, spin_s: float) -> None:
+    def __init__(self, spin_s: float = 0.0) -> None:
         super().__init__()
         self.spin_s = spin_s
+        # ``EpollSelector``'s epoll object and table of keys, for ``_poll``: both
+        # attributes it has set under these names since Python 3.4, and that
+        # typeshed does not declare. The table changes in place.
+        attributes = vars(self)
+        self._epoll: select.epoll = attributes["_selector"]
+        self._keys: dict[int, selectors.SelectorKey] = attributes["_fd_to_key"]
+        # True while direct readers run; ``after_dispatch`` runs after them.
+        self.dispatching = False
+        self.after_dispatch: list[Callable[[], None]] = []
+        self._direct: dict[int, Callable[[], None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_ready: deque[object] | None = None
+        self._loop_timers: list[object] | None = None
         self._active = False
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Report exceptions of direct readers to ``loop``'s exception handler
+        (they are raised from ``select`` otherwise), and go on polling after
+        direct readers ran as long as ``loop`` has no callback to run."""
+        self._loop = loop
+        # asyncio keeps the callbacks it is about to run in this deque (it has
+        # since Python 3.4); without it, ``select`` returns after each dispatch.
+        ready: object = getattr(loop, "_ready", None)
+        self._loop_ready = ready if isinstance(ready, deque) else None
+        # And its timers in this list: a timer set by a direct reader ends the
+        # poll, so that the loop can work out its next wait again.
+        timers: object = getattr(loop, "_scheduled", None)
+        self._loop_timers = timers if isinstance(timers, list) else None
+
+    def add_direct_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        """Run ``callback`` from ``select`` whenever ``fd`` is readable."""
+        self.register(fd, selectors.EVENT_READ)
+        self._direct[fd] = callback
+
+    def remove_direct_reader(self, fd: int) -> None:
+        del self._direct[fd]
+        self.unregister(fd)
 
     def select(
         self, timeout: float | None = None
     ) -> list[tuple[selectors.SelectorKey, int]]:
         would_sleep = timeout is None or timeout > 0
-        if would_sleep and self._active:
-            spin_s = self.spin_s if timeout is None else min(self.spin_s, timeout)
-            end = time.perf_counter() + spin_s
-            while time.perf_counter() < end:
-                ready = super().select(0)
-                if ready:
+        if would_sleep and self._active and self.spin_s > 0:
+            now = time.perf_counter()
+            deadline = None if timeout is None else now + timeout
+            end = now + self.spin_s
+            timers = self._loop_timers
+            timer_count = len(timers) if timers is not None else 0
+            while now < end and (deadline is None or now < deadline):
+                ready = self._poll(0)
+                if ready is None:
+                    # A client or server that is ready to run gets this CPU
+                    # first: on a busy machine the poll must not hold up the
+                    # very process whose message it waits for.
+                    os.sched_yield()
+                elif (
+                    ready
+                    or self._loop_ready is None
+                    or self._loop_ready
+                    or timers is None
+                    or len(timers) != timer_count
+                ):
                     return ready
+                else:
+                    # All of it went to direct readers, and they left the loop
+                    # nothing to run and no new timer: poll on, afresh.
+                    end = time.perf_counter() + self.spin_s
 
-                # A client or server that is ready to run gets this CPU first:
-                # on a busy machine the poll must not hold up the very process
-                # whose message it waits for.
-                os.sched_yield()
+                now = time.perf_counter()
 
-        ready = super().select(timeout)
+            if deadline is not None:
+                timeout = max(0.0, deadline - now)
+
+        if timeout is None:
+            ready = self._poll(-1)
+        else:
+            # epoll waits in milliseconds: round up, to wait at least ``timeout``.
+            ready = self._poll(math.ceil(timeout * 1e3) * 1e-3 if timeout > 0 else 0)
+
         if would_sleep:
-            self._active = bool(ready)
-        elif ready:
+            self._active = ready is not None
+        elif ready is not None:
             self._active = True
 
-        return ready
+        return ready or []
+
+    def _poll(self, timeout: float) -> list[tuple[selectors.SelectorKey, int]] | None:
+        """One ``epoll_wait`` of up to ``timeout`` seconds (-1: no limit). Runs
+        the direct readers among the descriptors ready, then the flushes they
+        queued, and returns the loop's share of the events; None when no
+        descriptor was ready at all. The loop gets control back even when its
+        share is empty: a reader may have scheduled a callback or woken a task.
+
+        ``EpollSelector.select``, unrolled: it makes a key and a tuple of
+        events for every ready descriptor, which direct readers need neither of.
+        """
+        try:
+            events = self._epoll.poll(timeout, max(len(self._keys), 1))
+        except InterruptedError:
+            return None
+
+        if not events:
+            return None
+
+        rest: list[tuple[selectors.SelectorKey, int]] = []
+        direct = self._direct
+        self.dispatching = True
+        try:
+            for fd, mask in events:
+                # Looked up now: an earlier callback may have removed it.
+                callback = direct.get(fd)
+                if callback is None:
+                    key = self._keys.get(fd)
+                    if key is not None:
+                        rest.append((key, _selector_events(mask) & key.events))
+                    continue
+
+                try:
+                    callback()
+                except Exception as exc:
+                    if self._loop is None:
+                        raise
+
+                    self._loop.call_exception_handler(
+                        {"message": "direct reader failed", "exception": exc}
+                    )
+        finally:
+            self.dispatching = False
+            if self.after_dispatch:
+                flushes, self.after_dispatch = self.after_dispatch, []
+                for flush in flushes:
+                    flush()
+
+        return rest
 
 
-def polling_loop(spin_s: float) -> Callable[[], Any]:
-    """A factory of asyncio loops whose selector polls for ``spin_s`` before
-    sleeping; the plain loop when ``spin_s`` is 0 or the process may use only
-    one CPU, where polling would hold up the very process it waits for."""
+def _selector_events(mask: int) -> int:
+    """``selectors``' events for an epoll event mask, as ``EpollSelector`` maps
+    them: anything but input counts as writable, anything but output as
+    readable (so a hang-up or an error wakes both)."""
+    events = 0
+    if mask & ~select.EPOLLIN:
+        events |= selectors.EVENT_WRITE
+    if mask & ~select.EPOLLOUT:
+        events |= selectors.EVENT_READ
+    return events
+
+
+_RELAY_SELECTORS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, RelaySelector
+] = weakref.WeakKeyDictionary()
+
+
+def relay_loop(spin_s: float) -> Callable[[], asyncio.AbstractEventLoop]:
+    """A factory of asyncio loops on a ``RelaySelector`` that polls for
+    ``spin_s`` before sleeping; it does not poll when ``spin_s`` is 0 or the
+    process may use only one CPU, where polling would hold up the very process
+    it waits for."""
 
     def new_loop() -> asyncio.AbstractEventLoop:
-        if spin_s <= 0 or len(os.sched_getaffinity(0)) < 2:
-            return asyncio.new_event_loop()
-
-        return asyncio.SelectorEventLoop(PollingSelector(spin_s))
+        may_poll = len(os.sched_getaffinity(0)) >= 2
+        selector = RelaySelector(spin_s if may_poll else 0.0)
+        loop = asyncio.SelectorEventLoop(selector)
+        selector.bind(loop)
+        _RELAY_SELECTORS[loop] = selector
+        return loop
 
     return new_loop

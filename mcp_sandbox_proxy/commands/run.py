@@ -34,7 +34,7 @@ def register(subparsers: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mcp_sandbox_proxy.fdio import polling_loop
+    from mcp_sandbox_proxy.fdio import relay_loop
     from mcp_sandbox_proxy.gateway.startup import Startup
 
     config = load_config(args.config)
@@ -48,5 +48,5 @@ def run(args: argparse.Namespace) -> int:
     # Imported once the servers are starting: the imports overlap their starts.
     from mcp_sandbox_proxy.gateway.serve import serve
 
-    loop = {"loop_factory": polling_loop(settings.poll_microseconds / 1e6)}
+    loop = {"loop_factory": relay_loop(settings.poll_microseconds / 1e6)}
     return anyio.run(serve, config, policies, startup, backend_options=loop)

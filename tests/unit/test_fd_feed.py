@@ -1,17 +1,27 @@
-"""``FdFeed`` and ``FdWriter.write_nowait`` on real pipes."""
+"""``FdFeed`` and ``FdWriter.write_nowait`` on real pipes, on a plain asyncio
+loop (its readable callback reads) and on the proxy's (its selector does)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import anyio
 import pytest
 
-from mcp_sandbox_proxy.fdio import FdFeed, FdWriter
+from mcp_sandbox_proxy.fdio import FdFeed, FdWriter, relay_loop
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio loop", "relay loop"])
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    if request.param == "relay loop":
+        return "asyncio", {"loop_factory": relay_loop(0.001)}
+
+    return "asyncio", {}
 
 
 @pytest.fixture
@@ -72,6 +82,28 @@ async def test_a_refused_chunk_pauses_reading_until_resumed(
     await settle()
     assert chunks == [b"first", b"second"]
     feed.close()
+
+
+async def test_what_the_callback_writes_is_flushed(
+    pipe: tuple[int, int],
+) -> None:
+    """A relay's own path: a chunk read, and written on at once to another pipe."""
+    read_fd, write_fd = pipe
+    out_read_fd, out_write_fd = os.pipe()
+    os.set_blocking(out_read_fd, False)
+    writer = FdWriter(out_write_fd)
+    feed = FdFeed(read_fd, lambda chunk: writer.write_nowait(chunk.upper()) is None)
+    feed.resume()
+    try:
+        os.write(write_fd, b"one\n")
+        os.write(write_fd, b"two\n")
+        await settle()
+        assert os.read(out_read_fd, 100) == b"ONE\nTWO\n"
+    finally:
+        feed.close()
+        writer.close()
+        os.close(out_read_fd)
+        os.close(out_write_fd)
 
 
 async def test_write_nowait_queues_in_order_with_write(pipe: tuple[int, int]) -> None:
