@@ -78,17 +78,42 @@ class InstanceBounds:
     client_answer_timeout_s: float = CLIENT_ANSWER_TIMEOUT_S
 
 
-@dataclass(slots=True)
 class Pending:
-    """A request sent to the server that awaits its response."""
+    """A request sent to the server that awaits its response.
 
-    method: str
-    deliver: ResponseCallback
-    client_id: jsonrpc.RequestId | None = None
-    deadline: float = float("inf")
-    # Finishes a response at once, in the callback that read it; returns False,
-    # having done nothing, when that needs a wait (then ``deliver`` runs).
-    deliver_now: Callable[[Message], bool] | None = None
+    ``deliver`` takes the response (or the error that stands for it); a
+    subclass may also finish a response at once, in the callback that read it
+    (``deliver_now``). The relay's forwarded calls are such a subclass: one
+    object per call, with no closures made for it.
+    """
+
+    __slots__ = ("client_id", "deadline", "method")
+
+    def __init__(self, method: str, client_id: jsonrpc.RequestId | None = None):
+        self.method = method
+        self.client_id = client_id
+        self.deadline = float("inf")
+
+    async def deliver(self, response: Message) -> None:
+        raise NotImplementedError
+
+    def deliver_now(self, response: Message) -> bool:
+        """Finish a plain success at once; False, having done nothing, when that
+        needs a wait (``deliver`` then gets the response)."""
+        return False
+
+
+class Awaited(Pending):
+    """A request of the proxy's own, whose response goes to ``callback``."""
+
+    __slots__ = ("_callback",)
+
+    def __init__(self, method: str, callback: ResponseCallback) -> None:
+        super().__init__(method)
+        self._callback = callback
+
+    async def deliver(self, response: Message) -> None:
+        await self._callback(response)
 
 
 class StderrTail:
@@ -250,7 +275,6 @@ class Downstream:
         pending = self.pending.get(request_id)
         if (
             pending is None
-            or pending.deliver_now is None
             or "method" in message
             or "error" in message
             or type(message.get("result")) is not dict
@@ -401,7 +425,7 @@ class Downstream:
         if params is not None:
             message["params"] = params
 
-        request_id = await self.send_request(message, Pending(method, deliver))
+        request_id = await self.send_request(message, Awaited(method, deliver))
         with anyio.move_on_after(timeout_s):
             await done.wait()
 
@@ -451,7 +475,7 @@ class Downstream:
             answered.set()
 
         message: Message = {"jsonrpc": "2.0", "method": "ping"}
-        request_id = await self.send_request(message, Pending("ping", deliver))
+        request_id = await self.send_request(message, Awaited("ping", deliver))
         try:
             await answered.wait()
         finally:

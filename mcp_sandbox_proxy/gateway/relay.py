@@ -27,7 +27,7 @@ from mcp_sandbox_proxy.exceptions import DownstreamError
 from mcp_sandbox_proxy.gateway import jsonrpc
 from mcp_sandbox_proxy.gateway.catalog import NameTable, Origin, ResourceRoutes
 from mcp_sandbox_proxy.gateway.cursors import InvalidCursor
-from mcp_sandbox_proxy.gateway.downstream import Downstream, Pending
+from mcp_sandbox_proxy.gateway.downstream import Awaited, Downstream, Pending
 from mcp_sandbox_proxy.gateway.front import ClientChannel
 from mcp_sandbox_proxy.gateway.gate import Call, CallGate, Denied
 from mcp_sandbox_proxy.gateway.jsonrpc import Message, RequestId
@@ -62,13 +62,67 @@ class ProgressRoute:
     link: Downstream
 
 
-@dataclass(slots=True)
-class InFlight:
-    """A client request forwarded to a server, and what it holds in the tables."""
+class Forwarded(Pending):
+    """A client's request forwarded to a server: its entry among the requests in
+    flight, and what brings its answer back to the client (through the gate,
+    when it is a tool ``call``)."""
 
-    link: Downstream
-    down_id: int
-    token: int | None
+    __slots__ = ("_relay", "call", "down_id", "link", "token")
+
+    def __init__(
+        self,
+        relay: Relay,
+        method: str,
+        client_id: RequestId,
+        link: Downstream,
+        down_id: int,
+        token: int | None,
+        call: Call | None,
+    ) -> None:
+        # The fields of ``Pending``, set here: this runs for every call.
+        self.method = method
+        self.client_id = client_id
+        self.deadline = float("inf")
+        self._relay = relay
+        self.link = link
+        self.down_id = down_id
+        self.token = token
+        self.call = call
+
+    async def deliver(self, response: Message) -> None:
+        relay = self._relay
+        relay.release(self)
+        # Every response handed here is the relay's own, decoded or built for it
+        # alone: its id is set in place rather than copied.
+        response["id"] = self.client_id
+        if self.call is not None:
+            response = await relay.completed(self.call, response)
+
+        await relay.front.send(response)
+
+    def deliver_now(self, response: Message) -> bool:
+        """``deliver`` without a wait, when the client takes output and the
+        outcome is recorded at once; else nothing is done."""
+        relay, call = self._relay, self.call
+        if not relay.front.output_ready:
+            return False
+
+        response["id"] = self.client_id
+        if call is not None:
+            # ``completed`` without its wait, inlined: this runs for most calls.
+            try:
+                answer = relay.gate.complete_now(call, response)
+            except Exception as exc:
+                answer = _refused_answer(response, exc)
+
+            if answer is None:
+                return False
+
+            response = answer
+
+        relay.release(self)
+        relay.front.send_now(response)
+        return True
 
 
 class RateBucket:
@@ -120,7 +174,7 @@ class Relay:
         # they were forwarded; then the forwarded ones.
         self._handling: set[RequestId] = set()
         self._cancelled: set[RequestId] = set()
-        self._inflight: dict[RequestId, InFlight] = {}
+        self._inflight: dict[RequestId, Forwarded] = {}
         self._progress: dict[int, ProgressRoute] = {}
         self.server_requests = ServerRequests(
             front, gate, self._ids, lambda: self.client_init
@@ -172,8 +226,8 @@ class Relay:
 
         # Decoded for this call alone, the message is forwarded changed in place.
         params["name"] = origin.name
-        outgoing, pending, route = self._route(link, message, call)
-        link.send_request_now(outgoing, pending, call.timeout_s, route.down_id)
+        outgoing, forwarded = self._route(link, message, call)
+        link.send_request_now(outgoing, forwarded, call.timeout_s, forwarded.down_id)
         return True
 
     async def on_client_message(self, message: Message) -> None:
@@ -391,7 +445,7 @@ class Relay:
 
         request: Message = {"jsonrpc": "2.0", "method": method, "params": params}
         try:
-            await link.send_request(request, Pending(method, ignore), timeout_s=30.0)
+            await link.send_request(request, Awaited(method, ignore), timeout_s=30.0)
         except DownstreamError as exc:
             log.warning("server_unreachable", server=link.server, error=str(exc))
 
@@ -443,7 +497,7 @@ class Relay:
             error = jsonrpc.error_response(
                 message["id"], jsonrpc.SERVER_UNAVAILABLE, str(exc)
             )
-            await self.front.send(await self._completed(call, error))
+            await self.front.send(await self.completed(call, error))
 
     def _tool_origin(self, params: Message) -> Origin | None:
         """The server and own name of the tool a call names, if one of ours."""
@@ -530,74 +584,44 @@ class Relay:
             await self._record_cancelled(client_id)
             return
 
-        outgoing, pending, route = self._route(link, message, call)
+        outgoing, forwarded = self._route(link, message, call)
         try:
             await link.send_request(
-                outgoing, pending, timeout_s=timeout_s, request_id=route.down_id
+                outgoing, forwarded, timeout_s=timeout_s, request_id=forwarded.down_id
             )
         except DownstreamError:
-            self._release(client_id, route.token)
+            self.release(forwarded)
             raise
 
     def _route(
         self, link: Downstream, message: Message, call: Call | None
-    ) -> tuple[Message, Pending, InFlight]:
+    ) -> tuple[Message, Forwarded]:
         """Enter a client's request in the tables before it leaves for ``link``
         (its answer may come back before the send returns): the message to send,
-        what awaits its answer, and its entry among the requests in flight."""
+        and what awaits its answer, which is also its entry among the requests
+        in flight."""
         client_id: RequestId = message["id"]
-        outgoing, token = self._map_progress(link, message)
+        outgoing, token = message, None
+        params = message.get("params")
+        if type(params) is dict and "_meta" in params:
+            outgoing, token = self._map_progress(link, message)
 
-        async def deliver(response: Message) -> None:
-            self._release(client_id, token)
-            # Every response handed here is the relay's own, decoded or built
-            # for it alone: its id is set in place rather than copied.
-            response["id"] = client_id
-            if call is not None:
-                response = await self._completed(call, response)
-
-            await self.front.send(response)
-
-        def deliver_now(response: Message) -> bool:
-            # ``deliver`` without a wait, when the client takes output and the
-            # outcome is recorded at once; else nothing is done.
-            if not self.front.output_ready or (
-                call is not None and not self.gate.records_now
-            ):
-                return False
-
-            self._release(client_id, token)
-            response["id"] = client_id
-            if call is not None:
-                response = self._completed_now(call, response)
-
-            self.front.send_now(response)
-            return True
-
-        route = InFlight(link, link.next_id(), token)
-        self._inflight[client_id] = route
-        pending = Pending(
-            message["method"], deliver, client_id=client_id, deliver_now=deliver_now
+        forwarded = Forwarded(
+            self, message["method"], client_id, link, link.next_id(), token, call
         )
-        return outgoing, pending, route
+        self._inflight[client_id] = forwarded
+        return outgoing, forwarded
 
-    def _release(self, client_id: RequestId, token: int | None) -> None:
+    def release(self, forwarded: Forwarded) -> None:
         """Drop what a forwarded request held in the tables."""
-        self._inflight.pop(client_id, None)
-        if token is not None:
-            self._progress.pop(token, None)
+        self._inflight.pop(forwarded.client_id, None)
+        if forwarded.token is not None:
+            self._progress.pop(forwarded.token, None)
 
-    async def _completed(self, call: Call, response: Message) -> Message:
+    async def completed(self, call: Call, response: Message) -> Message:
         """``response`` through the gate; a refusal there becomes the answer."""
         try:
             return await self.gate.complete(call, response)
-        except Exception as exc:
-            return _refused_answer(response, exc)
-
-    def _completed_now(self, call: Call, response: Message) -> Message:
-        """``_completed`` without a wait, when the gate records at once."""
-        try:
-            return self.gate.complete_now(call, response)
         except Exception as exc:
             return _refused_answer(response, exc)
 
