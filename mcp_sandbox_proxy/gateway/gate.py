@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import anyio
@@ -51,17 +52,41 @@ class Denied(Exception):
         self.data = data
 
 
-@dataclass(slots=True)
 class Call:
-    """One admitted tool call, from its intent record to its outcome record."""
+    """One admitted tool call, from its intent record to its outcome record.
 
-    client_id: RequestId
-    server: str
-    tool: str
-    policy: ResolvedPolicy
-    admitted_at: float
-    sent_at: float = 0.0
-    fields: dict[str, Any] = field(default_factory=dict[str, Any])
+    A plain class with slots: one is made for every call, and a dataclass with
+    a default factory costs more to make.
+    """
+
+    __slots__ = (
+        "admitted_at",
+        "client_id",
+        "fields",
+        "policy",
+        "sent_at",
+        "server",
+        "tool",
+    )
+
+    def __init__(
+        self,
+        client_id: RequestId,
+        server: str,
+        tool: str,
+        policy: ResolvedPolicy,
+        admitted_at: float,
+        sent_at: float = 0.0,
+    ) -> None:
+        self.client_id = client_id
+        self.server = server
+        self.tool = tool
+        self.policy = policy
+        self.admitted_at = admitted_at
+        self.sent_at = sent_at
+        # The fields that the intent record and the outcome record share, set
+        # (never changed in place) when the intent is recorded.
+        self.fields: Mapping[str, Any] = _NO_FIELDS
 
     @property
     def profile(self) -> str:
@@ -70,6 +95,9 @@ class Call:
     @property
     def timeout_s(self) -> float:
         return self.policy.call_timeout_s
+
+
+_NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
 
 
 class CallGate:
@@ -198,10 +226,14 @@ class CallGate:
         call is counted against its rate limit and its intent recorded at once.
         None when the limit is reached (nothing counted) or the record failed;
         ``admit`` then decides again, and refuses the call."""
-        if not self._policies.take_rate(server, tool, decision.policy):
+        policy = decision.policy
+        if policy.policy.rate.per_minute is not None and not self._policies.take_rate(
+            server, tool, policy
+        ):
             return None
 
-        call = Call(client_id, server, tool, decision.policy, time.monotonic())
+        now = time.monotonic()
+        call = Call(client_id, server, tool, policy, now, now)
         if self._records:
             intent = self._intent(call, decision, params.get("arguments"))
             try:
@@ -213,7 +245,10 @@ class CallGate:
                 # closed gets here, and ``admit`` refuses unless it recovered.
                 return None
 
-        return self._admitted(call)
+            call.sent_at = time.monotonic()
+
+        self._calls[client_id] = call
+        return call
 
     def _intent(self, call: Call, decision: Decision, arguments: Any) -> Message:
         """The fields of a call's intent record; the outcome record repeats the
@@ -274,13 +309,12 @@ class CallGate:
 
         return response
 
-    @property
-    def records_now(self) -> bool:
-        """True when ``complete_now`` may be used: records are written at once."""
-        return not self._records or self._audit.can_write_now()
+    def complete_now(self, call: Call, response: Message) -> Message | None:
+        """``complete`` with no wait; None, having done nothing, when the outcome
+        cannot be recorded at once. Raises ``Denied``."""
+        if self._records and not self._audit.can_write_now():
+            return None
 
-    def complete_now(self, call: Call, response: Message) -> Message:
-        """``complete`` with no wait, after ``records_now``; raises ``Denied``."""
         response, outcome = self._finished(call, response)
         if outcome is not None:
             try:

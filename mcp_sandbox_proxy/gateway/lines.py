@@ -75,16 +75,14 @@ class LineFeed:
         return not self._paused
 
     def _take(self, line: Line) -> bool:
-        if isinstance(line, FrameTooLarge):
-            return False
-
-        if not line or line.isspace():
-            return True
+        if type(line) is not bytes:
+            return False  # too large: the task answers it
 
         try:
             message = jsonrpc.decode(line)
         except jsonrpc.DecodeError:
-            return False
+            # A blank line is dropped here; any other is the task's to answer.
+            return not line or line.isspace()
 
         try:
             return self._take_now(message)
