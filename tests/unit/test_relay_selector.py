@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from mcp_sandbox_proxy.fdio import RelaySelector, relay_loop
+from mcp_sandbox_proxy.fdio import MAX_HELD_POLLS, RelaySelector, relay_loop
 
 SPIN_S = 0.001
 
@@ -330,3 +330,57 @@ def test_a_reader_that_gives_the_loop_work_ends_the_poll(
     started = time.perf_counter()
     assert selector.select(5.0) == []
     assert time.perf_counter() - started < 1.0
+
+
+def test_writes_are_held_while_more_input_keeps_coming(
+    bound: tuple[RelaySelector, asyncio.AbstractEventLoop],
+    pipe: tuple[int, int],
+) -> None:
+    """What direct readers write goes out when a poll finds no more input, so
+    that a peer woken by it finds everything that came in the meantime."""
+    selector, _loop = bound
+    read_fd, write_fd = pipe
+    events: list[str] = []
+
+    def reader() -> None:
+        chunk = os.read(read_fd, 16)
+        events.append(f"read {chunk.decode()}")
+        selector.after_dispatch.append(lambda: events.append(f"flush {chunk.decode()}"))
+        if chunk == b"1":
+            os.write(write_fd, b"2")  # more input, there by the next poll
+
+    selector.add_direct_reader(read_fd, reader)
+    wake_up(selector, write_fd)
+    events.clear()
+    os.write(write_fd, b"1")
+
+    assert selector.select(0.1) == []
+    assert events == ["read 1", "read 2", "flush 1", "flush 2"]
+
+
+def test_writes_are_held_for_a_bounded_number_of_polls(
+    bound: tuple[RelaySelector, asyncio.AbstractEventLoop],
+    pipe: tuple[int, int],
+) -> None:
+    """Input that never runs dry must not keep the writes back for good."""
+    selector, _loop = bound
+    read_fd, write_fd = pipe
+    events: list[str] = []
+
+    def reader() -> None:
+        os.read(read_fd, 16)
+        events.append("read")
+        selector.after_dispatch.append(lambda: events.append("flush"))
+        if events.count("read") < 3 * MAX_HELD_POLLS:
+            os.write(write_fd, b"x")
+
+    selector.add_direct_reader(read_fd, reader)
+    wake_up(selector, write_fd)
+    events.clear()
+    os.write(write_fd, b"x")
+
+    selector.select(0.2)
+
+    first_flush = events.index("flush")
+    assert events[:first_flush] == ["read"] * MAX_HELD_POLLS
+    assert events.count("flush") == 3 * MAX_HELD_POLLS
