@@ -3,7 +3,7 @@
 Most messages on a busy connection are tool calls and their answers, which the
 relay can pass on without waiting for anything. ``LineFeed`` decodes each line
 and offers the message to such a quick handler right where the bytes come in
-(the event loop's readable callback, see ``fdio.FdFeed``); a line it declines,
+(the read that ``fdio.FdFeed`` makes when they arrive); a line it declines,
 one too large, or one that is not a JSON-RPC message goes as it came to a task
 that handles it with all the waiting (and error answers) it may need. Order is
 kept: once a line waits, every line after it waits too, until the task has

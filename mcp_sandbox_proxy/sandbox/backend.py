@@ -55,9 +55,9 @@ class SandboxProcess(ABC):
         """Write all of ``data`` to the server's stdin."""
 
     def feed_stdout(self, on_chunk: Callable[[bytes], bool]) -> FdFeed | None:
-        """Hand stdout to ``on_chunk`` in the event loop's readable callback (see
-        ``FdFeed``), where the backend has a descriptor to watch; None where it
-        has not, and ``receive`` is the way to read."""
+        """Hand stdout to ``on_chunk`` as soon as it is readable (see ``FdFeed``),
+        where the backend has a descriptor to watch; None where it has not, and
+        ``receive`` is the way to read."""
         return None
 
     def input_ready(self) -> bool:
