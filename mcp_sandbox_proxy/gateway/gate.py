@@ -227,9 +227,7 @@ class CallGate:
         None when the limit is reached (nothing counted) or the record failed;
         ``admit`` then decides again, and refuses the call."""
         policy = decision.policy
-        if policy.policy.rate.per_minute is not None and not self._policies.take_rate(
-            server, tool, policy
-        ):
+        if not self._policies.take_rate(server, tool, policy):
             return None
 
         now = time.monotonic()

@@ -145,15 +145,7 @@ class Pool:
     def ready_link(self, key: Key) -> Downstream | None:
         """The instance for ``key`` if it is ready now, else None."""
         state = self._instances.get(key)
-        if state is None:
-            return None
-
-        # ``_ready_link``, inlined: this is asked for every call.
-        link = state.link
-        if link is None or link.closed or not state.ready.is_set():
-            return None
-
-        return link
+        return _ready_link(state) if state is not None else None
 
     def why(self, server: str, profile: str) -> str:
         """Why the instance is not ready, in words for a log or an error."""

@@ -68,6 +68,7 @@ class Forwarded(Pending):
     when it is a tool ``call``)."""
 
     __slots__ = ("_relay", "call", "down_id", "link", "token")
+    client_id: RequestId  # a forwarded request always has the client's id
 
     def __init__(
         self,
@@ -79,10 +80,7 @@ class Forwarded(Pending):
         token: int | None,
         call: Call | None,
     ) -> None:
-        # The fields of ``Pending``, set here: this runs for every call.
-        self.method = method
-        self.client_id = client_id
-        self.deadline = float("inf")
+        super().__init__(method, client_id)
         self._relay = relay
         self.link = link
         self.down_id = down_id
@@ -109,12 +107,7 @@ class Forwarded(Pending):
 
         response["id"] = self.client_id
         if call is not None:
-            # ``completed`` without its wait, inlined: this runs for most calls.
-            try:
-                answer = relay.gate.complete_now(call, response)
-            except Exception as exc:
-                answer = _refused_answer(response, exc)
-
+            answer = relay.completed_now(call, response)
             if answer is None:
                 return False
 
@@ -622,6 +615,14 @@ class Relay:
         """``response`` through the gate; a refusal there becomes the answer."""
         try:
             return await self.gate.complete(call, response)
+        except Exception as exc:
+            return _refused_answer(response, exc)
+
+    def completed_now(self, call: Call, response: Message) -> Message | None:
+        """``completed`` without a wait; None, having done nothing, when the
+        outcome cannot be recorded at once."""
+        try:
+            return self.gate.complete_now(call, response)
         except Exception as exc:
             return _refused_answer(response, exc)
 

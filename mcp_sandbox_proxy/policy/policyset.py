@@ -159,7 +159,7 @@ class PolicySet:
         """The decision on a call that its tool's name and arguments allow, before
         its rate limit (``take_rate``); None for any other call, which
         ``check_call`` decides. Changes nothing and logs nothing."""
-        verdict = self._decided.get((server, tool)) or self._tool_verdict(server, tool)
+        verdict = self._tool_verdict(server, tool)
         if verdict.refusal is not None:
             return None
 
