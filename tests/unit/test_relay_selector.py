@@ -19,20 +19,15 @@ from mcp_sandbox_proxy.fdio import MAX_HELD_POLLS, RelaySelector, relay_loop
 SPIN_S = 0.001
 
 
-@pytest.fixture
-def pipe() -> Iterator[tuple[int, int]]:
+def open_pipe() -> Iterator[tuple[int, int]]:
     read_fd, write_fd = os.pipe()
     yield read_fd, write_fd
     os.close(read_fd)
     os.close(write_fd)
 
 
-@pytest.fixture
-def second_pipe() -> Iterator[tuple[int, int]]:
-    read_fd, write_fd = os.pipe()
-    yield read_fd, write_fd
-    os.close(read_fd)
-    os.close(write_fd)
+pipe = pytest.fixture(open_pipe, name="pipe")
+second_pipe = pytest.fixture(open_pipe, name="second_pipe")
 
 
 @pytest.fixture
